@@ -1,0 +1,35 @@
+# The two commands of README: `make demo` and `make test`. Both set up what they need.
+VENV    ?= .venv
+PYTHON  ?= python3
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed-stamp
+OUT     ?= out
+
+.PHONY: install lint test unit demo clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	tools/static-checks.sh
+
+# Run the binaries from the venv, never `python -m pytest`: that puts the repository root on
+# sys.path, where the `operator/` folder would shadow the standard library.
+test: lint
+	$(BIN)/pytest
+
+unit: install
+	$(BIN)/pytest tests/unit
+
+demo: install
+	$(BIN)/block demo --out $(OUT)/demo
+
+clean:
+	rm -rf $(VENV) .cache build *.egg-info $(OUT)
