@@ -20,6 +20,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "block.scheduler.commands",
     "block.estimator.commands",
     "block.operator.commands",
+    "block.profiler.commands",
 )
 
 
