@@ -199,6 +199,7 @@ class LatencyModel:
         # "vidur": reproduce Vidur 0.0.26's batch features exactly (token counts rounded up to
         # 8, attention looked up at rounded keys, no KV-cache save), for side-by-side checks.
         self.compat = compat
+        self._decode_base: list[float] = []  # per batch size: everything but decode attention
 
     @property
     def attention_label(self) -> str:
@@ -241,6 +242,21 @@ class LatencyModel:
             layer += attn.prefill_s(chunk, kv_before)
         seqs = num_decode + len(prefill)
         return self.num_layers * layer + self.overheads.step_s + self.overheads.per_seq_s * seqs
+
+    def decode_step_s(self, num_decode: int, decode_kv_total: int) -> float:
+        """A decode-only step (the hot path of predictions): same as step_time_s."""
+        if self.compat != "none":
+            return self.step_time_s(num_decode, num_decode, decode_kv_total)
+        base = self._decode_base
+        while len(base) <= num_decode:
+            n = len(base)
+            fixed = self._mlp_lut[n] + self.attention.kv_save_s(n) if n else 0.0
+            base.append(
+                self.num_layers * fixed + self.overheads.step_s + self.overheads.per_seq_s * n
+            )
+        return base[num_decode] + self.num_layers * self.attention.decode_s(
+            num_decode, decode_kv_total
+        )
 
     def _vidur_step_time_s(
         self,

@@ -375,8 +375,8 @@ class Replica:
                 heapq.heappop(heap)
             g, n, base = self.g, self.n_dec, self.sum_key
             steps = min(heap[0][0], target_g) - g
-            first = lat.step_time_s(n, n, base + n * g)
-            last = lat.step_time_s(n, n, base + n * (g + steps - 1)) if steps > 1 else first
+            first = lat.decode_step_s(n, base + n * g)
+            last = lat.decode_step_s(n, base + n * (g + steps - 1)) if steps > 1 else first
             self.used_blocks += self._decode_blocks_needed(g, steps)
             t += steps * (first + last) / 2
             self.num_steps += steps
@@ -548,8 +548,8 @@ class Replica:
     def _start_run(self, steps: int) -> None:
         n, g = self.n_dec, self.g
         lat = self.latency
-        first = lat.step_time_s(n, n, self.sum_key + n * g)
-        last = lat.step_time_s(n, n, self.sum_key + n * (g + steps - 1)) if steps > 1 else first
+        first = lat.decode_step_s(n, self.sum_key + n * g)
+        last = lat.decode_step_s(n, self.sum_key + n * (g + steps - 1)) if steps > 1 else first
         used_before = self.used_blocks
         self.used_blocks += self._decode_blocks_needed(g, steps)
         self.inflight = _Run(self.now, g, steps, n, first, last, used_before)
