@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from block.simulator.replica import Replica
+from block.simulator.replica import Replica, predict_quiet
 from block.simulator.requests import Request
 
 CANDIDATE_RID = -1  # never a real request id
@@ -34,6 +34,10 @@ def predict_one_more(
     much later, in total, the requests already there finish because of the candidate.
     The parent replica is never modified.
     """
+    if not impact and horizon_s == float("inf"):
+        quick = predict_quiet(replica, prompt_tokens, output_tokens, now)
+        if quick is not None:
+            return Prediction(*quick)
     cand = Request(CANDIDATE_RID, now, prompt_tokens, output_tokens)
     fork = replica.fork()
     fork.submit(cand, now)

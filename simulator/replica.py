@@ -630,3 +630,84 @@ class Replica:
             self.residues[key % self._bs] += 1
             heapq.heappush(self.finish_heap, (member.finish_g, next(self._seq), member))
         return emitted
+
+
+def predict_quiet(
+    replica: Replica, prompt: int, output: int, now: float
+) -> tuple[float, ...] | None:
+    """Closed-form "one more request" for a replica with nothing waiting and nothing
+    prefilling, the common case at moderate load: returns (queue, ttft, e2e) seconds from `now`,
+    or None when the general simulation is needed (queues, possible preemption, admission
+    limits). Equal to forking and simulating, without building any state."""
+    r = replica
+    cfg = r.config
+    if r.waiting or r.prefills or prompt <= 0 or output <= 0:
+        return None
+    inflight = r.inflight
+    if inflight is None:
+        t, g = max(now, r.now), r.g
+    elif isinstance(inflight, _Run):
+        if inflight.end_s <= now:
+            return None
+        offset = now - inflight.start_s
+        lo, hi = 0, inflight.steps - 1  # steps finished by `now`
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if inflight.elapsed(mid) <= offset:
+                lo = mid
+            else:
+                hi = mid - 1
+        t, g = inflight.start_s + inflight.elapsed(lo + 1), inflight.g0 + lo + 1
+    elif not inflight.chunks and inflight.end_s > now:
+        t, g = inflight.end_s, r.g + 1
+    else:
+        return None
+    bs = r._bs
+    members = sorted(
+        (m.finish_g, m.key)
+        for fg, _, m in r.finish_heap
+        if fg > g and r.running.get(m.req.rid) is m
+    )
+    n = len(members)
+    if n + 1 > cfg.max_num_seqs:
+        return None
+    # Blocks: a generous bound on what everyone could need until the candidate finishes;
+    # when it does not fit, preemption is possible and only the full simulation is exact.
+    growth = (n + 1) * ((prompt + output) // bs + 2)
+    free = r.num_blocks - r.used_blocks - r._watermark_blocks
+    if -(-(prompt + output) // bs) + growth > free:
+        return None
+    lat = r.latency
+    budget = cfg.max_num_batched_tokens
+    keys = sum(k for _, k in members)
+    i = 0  # members[:i] have finished
+    start = t
+    computed = 0
+    while computed < prompt:  # the candidate's prefill, chunk by chunk, beside the decodes
+        chunk = min(prompt - computed, budget - n)
+        if chunk <= 0:
+            return None
+        t += lat.step_time_s(n + chunk, n, keys + n * g, ((chunk, computed),))
+        computed += chunk
+        g += 1
+        while i < len(members) and members[i][0] <= g:
+            keys -= members[i][1]
+            n -= 1
+            i += 1
+    ttft = t
+    if output > 1:
+        cand_key, cand_finish = prompt - g, output - 1 + g
+        n += 1
+        keys += cand_key
+        while g < cand_finish:
+            nxt = members[i][0] if i < len(members) else cand_finish
+            steps = min(nxt, cand_finish) - g
+            first = lat.decode_step_s(n, keys + n * g)
+            last = lat.decode_step_s(n, keys + n * (g + steps - 1)) if steps > 1 else first
+            t += steps * (first + last) / 2
+            g += steps
+            while i < len(members) and members[i][0] <= g:
+                keys -= members[i][1]
+                n -= 1
+                i += 1
+    return start - now, ttft - now, t - now

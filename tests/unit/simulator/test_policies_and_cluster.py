@@ -104,3 +104,33 @@ def test_simulate_cli_writes_summary(tmp_path: Path) -> None:
 def test_simulate_cli_bad_input_is_clean(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["simulate", "--policy", "nope", "--quiet", "--requests", "5"]) == 2
     assert "unknown policy" in capsys.readouterr().err
+
+
+def test_closed_form_prediction_equals_simulation(
+    latency: LatencyModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The quiet-replica shortcut must give what forking and simulating gives."""
+    from block.simulator import prediction
+    from block.simulator.replica import predict_quiet
+
+    rng = random.Random(3)
+    compared = 0
+    for _ in range(150):
+        kind = rng.choice(["vllm", "sarathi"])
+        r = Replica(latency, ReplicaConfig(kind, 512, rng.choice([8, 48, 128])))  # type: ignore[arg-type]
+        t = 0.0
+        for i in range(rng.randint(0, 50)):
+            t += rng.expovariate(rng.choice([2, 10, 30]))
+            r.submit(Request(i, t, rng.randint(1, 1500), rng.randint(1, 600)), t)
+        now = t + rng.random() * 0.5
+        r.advance_to(now)
+        prompt, output = rng.randint(1, 1500), rng.randint(1, 600)
+        quick = predict_quiet(r, prompt, output, now)
+        if quick is None:
+            continue
+        with monkeypatch.context() as m:
+            m.setattr(prediction, "predict_quiet", lambda *a: None)
+            full = predict_one_more(r, prompt, output, now)
+        assert quick == pytest.approx((full.queue_s, full.ttft_s, full.e2e_s), abs=1e-9)
+        compared += 1
+    assert compared > 50
