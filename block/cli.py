@@ -15,6 +15,7 @@ from block import __version__
 
 # Modules that expose `register(subparsers) -> None`; each adds its own sub-commands.
 COMMAND_MODULES: tuple[str, ...] = (
+    "block.demo",
     "block.simulator.commands",
     "block.predictor.commands",
     "block.scheduler.commands",
