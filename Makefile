@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed-stamp
 OUT     ?= out
 
-.PHONY: install lint test unit demo clean
+.PHONY: install lint test unit demo clean k8s-bins
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,8 +22,12 @@ lint: install
 
 # Run the binaries from the venv, never `python -m pytest`: that puts the repository root on
 # sys.path, where the `operator/` folder would shadow the standard library.
-test: lint
+test: lint k8s-bins
 	$(BIN)/pytest
+
+# The test control plane for tests/k8s (Go builds, cached in tools/k8s/bin; a no-op when current).
+k8s-bins:
+	tools/k8s/build.sh
 
 unit: install
 	$(BIN)/pytest tests/unit
