@@ -11,7 +11,8 @@ here="$(cd "$(dirname "$0")" && pwd)"
 bin="$here/bin"
 # shellcheck source=versions.env
 source "$here/versions.env"
-export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=readonly
+# No VCS stamping: the wrapper modules sit inside this repository, whose state is not theirs.
+export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS="-mod=readonly -buildvcs=false"
 
 binaries=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok helm)
 # kwok's behaviour (node heartbeats, pods turning Running and Ready, deletion) comes from Stage
