@@ -165,6 +165,18 @@ class _Mixed:
 StepHook = Callable[[float, list[int], list[int]], None]
 
 
+@dataclass(frozen=True, slots=True)
+class StepRecord:
+    """One engine step, or a run of `steps` identical decode-only steps."""
+
+    start_s: float
+    end_s: float
+    steps: int
+    num_decode: int
+    prefill_tokens: int
+    kv_used_blocks: int
+
+
 class Replica:
     """The engine replica's scheduler and queue state on a virtual clock."""
 
@@ -202,6 +214,7 @@ class Replica:
         self.inflight: _Run | _Mixed | None = None
         # Counters.
         self.num_steps = 0
+        self.step_log: list[StepRecord] | None = None  # set to [] to record every step
         self.busy_s = 0.0
         self.num_preemptions = 0
 
@@ -275,6 +288,7 @@ class Replica:
             inflight = _Mixed(inflight.start_s, inflight.end_s, inflight.n, inflight.chunks)
         other.inflight = inflight
         other.num_steps, other.busy_s, other.num_preemptions = 0, 0.0, 0
+        other.step_log = None
         return other
 
     # ------------------------------------------------------------------ input
@@ -302,6 +316,98 @@ class Replica:
         if self.inflight is None:
             self.now = max(self.now, now)
             self._start_step()
+
+    # ------------------------------------------------------------------ live-twin corrections
+    def abort(self, rid: int, now: float) -> bool:
+        """Drop request `rid` wherever it is (waiting, prefilling, decoding) and free its KV
+        blocks, as the engine does when a client goes away. The step in flight keeps its
+        planned duration. Returns False when the replica does not hold `rid`."""
+        self.advance_to(now)
+        entry = self.running.pop(rid, None)
+        if entry is None:
+            for i, (req, _) in enumerate(self.waiting):
+                if req.rid == rid:
+                    del self.waiting[i]
+                    return True
+            return False
+        if isinstance(entry, _Prefill):
+            self.prefills.remove(entry)
+            self.used_blocks -= entry.blocks
+            return True
+        self.n_dec -= 1
+        self.sum_key -= entry.key
+        self.residues[entry.key % self._bs] -= 1
+        cached = entry.key + self.g  # KV tokens after the last applied decode step
+        step = self.inflight
+        if isinstance(step, _Run):
+            # The run allocated every step's blocks up front.
+            step.used_before -= self._blocks(cached)
+            self.used_blocks -= self._blocks(cached + step.steps)
+        else:
+            in_step = 1 if isinstance(step, _Mixed) and step.n else 0
+            self.used_blocks -= self._blocks(cached + in_step)
+        return True
+
+    def resume(self, req: Request, generated: int, now: float) -> None:
+        """Put a request the engine is decoding, `generated` tokens in, into the batch.
+
+        Live twins correct their model's view with `abort` + `resume` when the engine reports
+        progress the model did not foresee. The request joins the running set last in
+        admission order; when its KV blocks do not fit (or the batch is full), it waits at the
+        head of the queue for recompute, as a preempted request would.
+        """
+        if not 1 <= generated < req.output_tokens:
+            raise InvalidRequest(
+                f"resume needs 1 <= generated ({generated}) < output_tokens ({req.output_tokens})"
+            )
+        if req.rid in self.running or any(r.rid == req.rid for r, _ in self.waiting):
+            raise InvalidRequest(f"request {req.rid} is already in the replica")
+        self.validate(req)
+        self.advance_to(now)
+        self.interrupt(now)
+        rec = self.recorder
+        rec.arrival.setdefault(req.rid, req.arrival_s)
+        rec.scheduled.setdefault(req.rid, now)
+        rec.first_token.setdefault(req.rid, now)
+        cached = req.prompt_tokens + generated - 1  # the last sampled token is not cached yet
+        step = self.inflight
+        # Decode steps applied by `now` and the ones in flight (a run cut by `interrupt` has
+        # one step left unless `now` fell in its last step).
+        if isinstance(step, _Run):
+            done, in_step = self.g + step.steps - 1, step.steps
+        else:
+            done, in_step = self.g, 1 if isinstance(step, _Mixed) and step.n else 0
+        held = self._blocks(cached + 1 if in_step else cached)
+        free = self.num_blocks - self.used_blocks
+        if held > free or len(self.running) >= self.config.max_num_seqs:
+            self.waiting.appendleft((req, generated))
+        else:
+            key = cached - done
+            member = _Decode(req, key, done + req.output_tokens - generated)
+            self.running[req.rid] = member
+            self.n_dec += 1
+            self.sum_key += key
+            self.residues[key % self._bs] += 1
+            heapq.heappush(self.finish_heap, (member.finish_g, next(self._seq), member))
+            self.used_blocks += held
+            if isinstance(step, _Run):
+                step.used_before += self._blocks(key + self.g)
+        if self.inflight is None:
+            self.now = max(self.now, now)
+            self._start_step()
+
+    def progress(self, rid: int) -> int | None:
+        """Tokens `rid` has generated as of the last applied step (call `interrupt(now)` first
+        inside a decode run); None when the replica does not hold it."""
+        entry = self.running.get(rid)
+        if entry is None:
+            for req, generated in self.waiting:
+                if req.rid == rid:
+                    return generated
+            return None
+        if isinstance(entry, _Prefill):
+            return entry.generated
+        return entry.key + self.g + 1 - entry.req.prompt_tokens
 
     # ------------------------------------------------------------------ time
     def advance_to(self, t: float) -> None:
@@ -338,6 +444,10 @@ class Replica:
             self._apply_decode_steps(run.g0, done, step_start)
             self.num_steps += done
             self.busy_s += step_start - run.start_s
+            if self.step_log is not None:
+                self.step_log.append(
+                    StepRecord(run.start_s, step_start, done, run.n, 0, self.used_blocks)
+                )
         used_before = run.used_before + self._decode_blocks_needed(run.g0, done)
         self.inflight = _Run(step_start, run.g0 + done, 1, run.n, step_s, step_s, used_before)
 
@@ -380,6 +490,10 @@ class Replica:
             self.used_blocks += self._decode_blocks_needed(g, steps)
             t += steps * (first + last) / 2
             self.num_steps += steps
+            if self.step_log is not None:
+                self.step_log.append(
+                    StepRecord(t - steps * (first + last) / 2, t, steps, n, 0, self.used_blocks)
+                )
             self._apply_decode_steps(g, steps, t)
         self.busy_s += t - run.start_s
         self.now = t
@@ -579,6 +693,13 @@ class Replica:
         assert step is not None
         end = step.end_s
         self.busy_s += end - step.start_s
+        if self.step_log is not None:
+            if isinstance(step, _Run):
+                record = StepRecord(step.start_s, end, step.steps, step.n, 0, self.used_blocks)
+            else:
+                prefill = sum(c for _, c in step.chunks)
+                record = StepRecord(step.start_s, end, 1, step.n, prefill, self.used_blocks)
+            self.step_log.append(record)
         hook = self.on_step
         decoding = (
             [rid for rid, e in self.running.items() if isinstance(e, _Decode)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
@@ -170,3 +171,18 @@ def test_rejects_requests_that_cannot_fit(latency: LatencyModel) -> None:
         r.submit(Request(1, 0.0, 4000, 200), 0.0)
     with pytest.raises(InvalidRequest):
         r.submit(Request(2, 0.0, 0, 10), 0.0)
+
+
+def test_step_records_cover_every_step(latency: LatencyModel) -> None:
+    r = Replica(latency, ReplicaConfig("sarathi", 512, 48))
+    r.step_log = []
+    reqs = make_requests(seed=13, n=200, qps=8.0, max_prompt=1200, max_out=500)
+    for q in reqs:
+        r.submit(q, q.arrival_s)
+    r.run_until_idle()
+    log = r.step_log
+    assert sum(s.steps for s in log) == r.num_steps
+    assert sum(s.prefill_tokens for s in log) == sum(q.prompt_tokens for q in reqs)
+    assert all(a.end_s <= b.start_s + 1e-9 for a, b in itertools.pairwise(log))
+    assert all(0 <= s.kv_used_blocks <= r.num_blocks for s in log)
+    assert any(s.steps > 1 for s in log), "decode runs are recorded as one entry"
