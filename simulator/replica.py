@@ -590,7 +590,8 @@ class Replica:
             while extra > self.num_blocks - self.used_blocks:
                 preempted = True
                 victim_is_self = next(reversed(self.running)) == p.req.rid
-                self._preempt_tail()
+                if self._preempt_tail():
+                    self.used_blocks -= 1  # the victim's block for this step, taken above
                 if victim_is_self:
                     break
             if self.running.get(p.req.rid) is not p:
