@@ -16,6 +16,7 @@ from block import __version__
 # Modules that expose `register(subparsers) -> None`; each adds its own sub-commands.
 COMMAND_MODULES: tuple[str, ...] = (
     "block.demo",
+    "block.experiments.commands",
     "block.simulator.commands",
     "block.predictor.commands",
     "block.scheduler.commands",
