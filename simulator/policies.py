@@ -60,6 +60,11 @@ class Policy(Protocol):
     @property
     def needs_prediction(self) -> bool: ...
 
+    @property
+    def needs_load(self) -> bool:
+        """Whether `choose` reads the views' load figures (a live router must fetch them)."""
+        ...
+
     def candidates(self, num_replicas: int, rng: random.Random) -> Sequence[int]:
         """Which replicas to look at (and ask for predictions)."""
         ...
@@ -81,6 +86,7 @@ def _least_loaded(views: Sequence[ReplicaView]) -> int:
 class RoundRobin:
     name: str = "round-robin"
     needs_prediction: bool = False
+    needs_load: bool = False
     _next: int = 0
 
     def candidates(self, num_replicas: int, rng: random.Random) -> Sequence[int]:
@@ -97,6 +103,7 @@ class RoundRobin:
 class Random:
     name: str = "random"
     needs_prediction: bool = False
+    needs_load: bool = False
 
     def candidates(self, num_replicas: int, rng: random.Random) -> Sequence[int]:
         return _all(num_replicas, rng)
@@ -109,6 +116,7 @@ class Random:
 class LeastRequests:
     name: str = "least-requests"
     needs_prediction: bool = False
+    needs_load: bool = True
 
     def candidates(self, num_replicas: int, rng: random.Random) -> Sequence[int]:
         return _all(num_replicas, rng)
@@ -121,6 +129,7 @@ class LeastRequests:
 class LeastKv:
     name: str = "least-kv"
     needs_prediction: bool = False
+    needs_load: bool = True
 
     def candidates(self, num_replicas: int, rng: random.Random) -> Sequence[int]:
         return _all(num_replicas, rng)
@@ -133,6 +142,7 @@ class LeastKv:
 class Llumnix:
     name: str = "llumnix"
     needs_prediction: bool = False
+    needs_load: bool = True
 
     def candidates(self, num_replicas: int, rng: random.Random) -> Sequence[int]:
         return _all(num_replicas, rng)
@@ -148,6 +158,7 @@ class PowerOfK:
     k: int = 2
     name: str = "power-of-2"
     needs_prediction: bool = False
+    needs_load: bool = True
 
     def candidates(self, num_replicas: int, rng: random.Random) -> Sequence[int]:
         return rng.sample(range(num_replicas), min(self.k, num_replicas))
@@ -169,6 +180,7 @@ class Block:
     k: int = 0
     name: str = "block"
     needs_prediction: bool = True
+    needs_load: bool = True
 
     def candidates(self, num_replicas: int, rng: random.Random) -> Sequence[int]:
         if 0 < self.k < num_replicas:

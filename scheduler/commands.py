@@ -1,0 +1,158 @@
+"""`block scheduler`: run the gateway. Argument parsing only; aiohttp loads in the handler."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+# Flag name -> settings field, for flags that map one to one (unset flags keep the env/default).
+_FIELDS = (
+    "host", "port", "policy", "k", "fallback_policy", "seed", "discover", "namespace",
+    "service", "port_name", "scheme", "predict_deadline_s", "predict_timeout_s",
+    "load_figures", "length_source", "prior_output_tokens", "chars_per_token", "slo_ttft_s",
+    "slo_e2e_s", "slo_slack", "max_waiting_per_replica", "max_attempts", "connect_timeout_s",
+    "read_timeout_s", "health_interval_s", "max_body_bytes", "api_keys_file", "log_level",
+    "cluster_config",
+)  # fmt: skip
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "scheduler",
+        help="OpenAI-compatible gateway that routes by predicted latency",
+        description=(
+            "Route OpenAI API requests across engine replicas (each behind its predictor "
+            "sidecar) by predicted latency. Every flag also reads BLOCK_SCHEDULER_<FLAG>."
+        ),
+    )
+    p.add_argument("--host", help="listen address (127.0.0.1)")
+    p.add_argument("--port", type=int, help="listen port (8080)")
+    p.add_argument(
+        "--policy",
+        help="block, block-ttft, block-kK, power-of-K, power-of-k, llumnix, least-requests, "
+        "least-kv, round-robin, random (block)",
+    )
+    p.add_argument("--k", type=int, help="k for power-of-k / block-k (2)")
+    p.add_argument("--fallback-policy", help="load-based policy when no prediction came")
+    p.add_argument("--seed", type=int, help="seed of random choices (from the OS)")
+    p.add_argument("--discover", choices=["static", "k8s"], help="replica discovery (static)")
+    p.add_argument(
+        "--replicas",
+        metavar="URL,URL",
+        help="static replicas: predictor sidecar URLs, comma-separated",
+    )
+    p.add_argument("--namespace", help="k8s: namespace of the Service (the pod's own)")
+    p.add_argument("--service", help="k8s: the engine Service whose EndpointSlices to watch")
+    p.add_argument("--port-name", help="k8s: EndpointSlice port name (http)")
+    p.add_argument("--scheme", choices=["http", "https"], help="replica URL scheme (http)")
+    p.add_argument(
+        "--predict-deadline-ms",
+        type=float,
+        help="wait this long for predictions, then use whoever answered (5)",
+    )
+    p.add_argument("--predict-timeout-s", type=float, help="abandon late predictions (0.5)")
+    p.add_argument(
+        "--load-figures",
+        choices=["request", "cached"],
+        help="load policies: ask predictors per request, or use cached figures (request)",
+    )
+    p.add_argument(
+        "--length-source",
+        choices=["estimator", "prior"],
+        help="response-length estimates: block.estimator, or the prior (estimator)",
+    )
+    p.add_argument("--prior-output-tokens", type=int, help="prior response length (256)")
+    p.add_argument("--chars-per-token", type=float, help="prompt chars per token (4.0)")
+    p.add_argument("--slo-ttft-ms", type=float, help="cluster TTFT SLO, ms (none)")
+    p.add_argument("--slo-e2e-ms", type=float, help="cluster e2e SLO, ms (none)")
+    p.add_argument("--slo-slack", type=float, help="429 only beyond SLO x this (1.0)")
+    p.add_argument(
+        "--no-reject",
+        action="store_true",
+        help="never 429 for a predicted SLO miss; route to the least bad replica",
+    )
+    p.add_argument("--max-waiting-per-replica", type=int, help="429 when all queues hit it (off)")
+    p.add_argument("--max-attempts", type=int, help="attempts per request, retries included (3)")
+    p.add_argument("--connect-timeout-s", type=float, help="upstream connect timeout (2)")
+    p.add_argument("--read-timeout-s", type=float, help="upstream idle read timeout (600)")
+    p.add_argument("--health-interval-s", type=float, help="/readyz probe period, 0 off (2)")
+    p.add_argument("--max-body-bytes", type=int, help="request body limit (8 MiB)")
+    p.add_argument("--api-keys-file", type=Path, help="file of API keys, one per line (none)")
+    p.add_argument("--cluster-config", type=Path, help="operator cluster.json (for SLOs)")
+    p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--log-json", action="store_true", default=None, help="JSON log lines")
+    p.add_argument("--no-access-log", action="store_true", help="no per-request access log")
+    p.set_defaults(handler=run)
+
+
+def overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Settings fields given on the command line."""
+    values = {f: getattr(args, f, None) for f in _FIELDS}
+    if args.replicas is not None:
+        values["replicas"] = [u.strip() for u in args.replicas.split(",") if u.strip()]
+    if args.predict_deadline_ms is not None:
+        values["predict_deadline_s"] = args.predict_deadline_ms / 1000.0
+    if args.slo_ttft_ms is not None:
+        values["slo_ttft_s"] = args.slo_ttft_ms / 1000.0
+    if args.slo_e2e_ms is not None:
+        values["slo_e2e_s"] = args.slo_e2e_ms / 1000.0
+    if args.no_reject:
+        values["reject_unmeetable"] = False
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+
+    import pydantic
+    from aiohttp import web
+
+    from block import logs
+    from block.errors import BlockError
+    from block.scheduler.service import create_app
+    from block.scheduler.settings import SchedulerSettings
+
+    try:
+        settings = SchedulerSettings(**overrides(args))
+    except pydantic.ValidationError as e:
+        for err in e.errors():
+            where = ".".join(str(p) for p in err["loc"]) or "settings"
+            print(f"block scheduler: {where}: {err['msg']}", file=sys.stderr)
+        return 2
+    logs.setup(settings.log_level, args.log_json)
+    try:
+        estimator = load_estimator(settings.length_source)
+        app = create_app(settings, estimator)
+    except BlockError as e:
+        print(f"block scheduler: {e.detail}", file=sys.stderr)
+        return 2
+    web.run_app(
+        app,
+        host=settings.host,
+        port=settings.port,
+        print=None,
+        access_log=None if args.no_access_log else logging.getLogger("aiohttp.access"),
+        handler_cancellation=True,  # a client gone cancels its upstream request
+    )
+    return 0
+
+
+def load_estimator(source: str) -> Any:
+    """The shipped length estimator, or None (the prior) if absent or not wanted."""
+    import logging
+
+    log = logging.getLogger("block.scheduler")
+    if source != "estimator":
+        return None
+    try:
+        from block.estimator import LengthEstimator
+    except ImportError as e:
+        log.warning("block.estimator is not installed (%s); using the length prior", e)
+        return None
+    try:
+        return LengthEstimator.load_default()
+    except Exception as e:  # a broken or missing artifact must not stop the gateway
+        log.warning("cannot load the length estimator (%s); using the length prior", e)
+        return None

@@ -1,0 +1,248 @@
+"""Send a request to the chosen replica and relay the answer; retry elsewhere before byte one.
+
+* The client's body goes upstream unchanged, with the length estimate in
+  `x-block-output-tokens` and the request id in `x-request-id`.
+* Connection failures, 5xx and 429 answers, and bodies cut short are retried on another
+  replica as long as nothing has reached the client: a non-streamed answer is read whole
+  first, a stream is committed only once its first chunk has arrived.
+* A stream is relayed chunk by chunk as it arrives. If the replica fails after that (the
+  connection drops, or the stream ends without `data: [DONE]`), the client gets an SSE error
+  event in OpenAI's shape (`data: {"error": {...}}`, which OpenAI clients raise as an
+  APIError) and `data: [DONE]`, and the replica backs off.
+* 4xx answers other than 429 are the client's problem and pass through as they are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+
+from block.errors import Overloaded, Unavailable, UpstreamError
+from block.scheduler.metrics import SchedulerMetrics
+from block.scheduler.parsing import Inbound
+from block.scheduler.replicas import Replica
+from block.scheduler.routing import Decision, Router
+from block.scheduler.settings import SchedulerSettings
+from block.simulator.policies import RouteRequest
+
+logger = logging.getLogger(__name__)
+OUTPUT_TOKENS_HEADER = "x-block-output-tokens"
+REPLICA_HEADER = "x-block-replica"
+DONE = b"data: [DONE]"
+_UPSTREAM_ERRORS = (aiohttp.ClientError, TimeoutError)
+
+
+class _Retry(Exception):
+    def __init__(self, detail: str, overloaded: bool = False) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.overloaded = overloaded
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    response: web.StreamResponse
+    replica: Replica
+    attempts: int
+
+
+class Proxy:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        router: Router,
+        settings: SchedulerSettings,
+        metrics: SchedulerMetrics,
+    ) -> None:
+        self._session = session
+        self._router = router
+        self._settings = settings
+        self._metrics = metrics
+        self._timeout = aiohttp.ClientTimeout(
+            total=None,
+            connect=settings.connect_timeout_s,
+            sock_connect=settings.connect_timeout_s,
+            sock_read=settings.read_timeout_s,
+        )
+
+    async def forward(
+        self,
+        request: web.Request,
+        raw: bytes,
+        inbound: Inbound,
+        route: RouteRequest,
+        request_id: str,
+        started: float,
+    ) -> Outcome:
+        """Route and relay, retrying on other replicas; `started` is the arrival loop time."""
+        tried: set[str] = set()
+        failures: list[str] = []
+        overloaded = 0
+        for attempt in range(1, self._settings.max_attempts + 1):
+            try:
+                decision = await self._router.decide(route, tried)
+            except Unavailable:
+                if failures:
+                    break
+                raise
+            if attempt > 1:
+                self._metrics.retries.inc()
+            gauge = self._metrics.inflight.labels(decision.replica.name)
+            gauge.inc()
+            try:
+                response = await self._attempt(
+                    request, raw, inbound, route, decision, request_id, started
+                )
+                return Outcome(response, decision.replica, attempt)
+            except _Retry as e:
+                tried.add(decision.replica.url)
+                failures.append(f"{decision.replica.name}: {e.detail}")
+                overloaded += e.overloaded
+                logger.info(
+                    "request %s: attempt %d on %s failed: %s",
+                    request_id,
+                    attempt,
+                    decision.replica.name,
+                    e.detail,
+                )
+            finally:
+                decision.ticket.release()
+                gauge.dec()
+        summary = "; ".join(failures)
+        if failures and overloaded == len(failures):
+            raise Overloaded(f"every replica tried is overloaded ({summary})", 1.0)
+        raise UpstreamError(f"no replica could serve the request ({summary})")
+
+    async def _attempt(
+        self,
+        request: web.Request,
+        raw: bytes,
+        inbound: Inbound,
+        route: RouteRequest,
+        decision: Decision,
+        request_id: str,
+        started: float,
+    ) -> web.StreamResponse:
+        replica = decision.replica
+        headers = {
+            "Content-Type": "application/json",
+            "X-Request-Id": request_id,
+            OUTPUT_TOKENS_HEADER: str(route.output_tokens),
+        }
+        try:
+            resp = await self._session.post(
+                replica.url + request.path, data=raw, headers=headers, timeout=self._timeout
+            )
+        except _UPSTREAM_ERRORS as e:
+            self._fail(replica, "connect")
+            raise _Retry(f"cannot reach it ({_short(e)})") from e
+        try:
+            status = resp.status
+            if status >= 500 or status == 429:
+                detail = await _peek(resp)
+                if status >= 500:
+                    self._fail(replica, "status")
+                raise _Retry(f"HTTP {status}: {detail}", overloaded=status == 429)
+            content_type = resp.headers.get("Content-Type", "application/json")
+            out_headers = {"Content-Type": content_type, REPLICA_HEADER: replica.name}
+            encoding = resp.headers.get("Content-Encoding")
+            if encoding:
+                out_headers["Content-Encoding"] = encoding
+            if not (inbound.stream and status == 200 and "event-stream" in content_type):
+                try:
+                    body = await resp.read()
+                except _UPSTREAM_ERRORS as e:
+                    self._fail(replica, "read")
+                    raise _Retry(f"answer cut short ({_short(e)})") from e
+                replica.note_success()
+                return web.Response(status=status, body=body, headers=out_headers)
+            return await self._stream(request, resp, replica, out_headers, request_id, started)
+        finally:
+            resp.close()
+
+    async def _stream(
+        self,
+        request: web.Request,
+        resp: aiohttp.ClientResponse,
+        replica: Replica,
+        headers: dict[str, str],
+        request_id: str,
+        started: float,
+    ) -> web.StreamResponse:
+        try:
+            first = await resp.content.readany()
+        except _UPSTREAM_ERRORS as e:
+            self._fail(replica, "read")
+            raise _Retry(f"stream broke before its first byte ({_short(e)})") from e
+        if not first:
+            self._fail(replica, "read")
+            raise _Retry("stream ended before its first byte")
+        headers["Cache-Control"] = "no-cache"
+        headers["X-Accel-Buffering"] = "no"
+        out = web.StreamResponse(status=200, headers=headers)
+        await out.prepare(request)
+        self._metrics.ttft_seconds.labels(_endpoint(request)).observe(
+            asyncio.get_running_loop().time() - started
+        )
+        await out.write(first)
+        tail = first[-64:]
+        broken: str | None = None
+        while True:
+            try:
+                chunk = await resp.content.readany()
+            except _UPSTREAM_ERRORS as e:
+                broken = _short(e)
+                break
+            if not chunk:
+                break
+            # Client write errors propagate: a client gone is not the replica's fault.
+            await out.write(chunk)
+            tail = (tail + chunk)[-64:]
+        if broken is None and DONE not in tail:
+            broken = "the stream ended without [DONE]"
+        if broken is not None:
+            self._fail(replica, "stream")
+            self._metrics.stream_errors.labels(replica.name).inc()
+            logger.warning("request %s: stream from %s broke: %s", request_id, replica.name, broken)
+            await out.write(error_event(f"the replica serving this stream failed: {broken}"))
+        else:
+            replica.note_success()
+        await out.write_eof()
+        return out
+
+    def _fail(self, replica: Replica, reason: str) -> None:
+        self._metrics.upstream_errors.labels(replica.name, reason).inc()
+        backoff = replica.note_failure(
+            asyncio.get_running_loop().time(),
+            self._settings.failure_backoff_s,
+            self._settings.failure_backoff_max_s,
+        )
+        logger.info("replica %s failed (%s); avoided for %.1f s", replica.name, reason, backoff)
+
+
+def error_event(message: str, code: int = 502) -> bytes:
+    """An SSE error event in the shape OpenAI clients raise, then the end marker."""
+    payload = {"error": {"message": message, "type": "upstream_error", "code": code}}
+    return b"data: " + json.dumps(payload).encode() + b"\n\n" + DONE + b"\n\n"
+
+
+async def _peek(resp: aiohttp.ClientResponse, limit: int = 300) -> str:
+    try:
+        data = await resp.content.read(limit)
+    except _UPSTREAM_ERRORS:
+        return "(no body)"
+    return data.decode("utf-8", "replace").strip().replace("\n", " ") or "(no body)"
+
+
+def _endpoint(request: web.Request) -> str:
+    return "chat" if request.path.endswith("chat/completions") else "completions"
+
+
+def _short(e: BaseException) -> str:
+    text = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return text[:200]

@@ -1,0 +1,197 @@
+"""Choose a replica for one request: candidates, fan-out, views, policy, admission, dispatch.
+
+The policy itself is pure (`block.simulator.policies`, shared with the offline cluster model);
+this module builds its inputs from what the gateway knows:
+
+* the candidates the policy asks for, among replicas that are ready, healthy and not already
+  tried by this request;
+* predictions and load figures from a fan-out to their predictors (prediction policies, and
+  load policies unless `load_figures="cached"`), with a deadline;
+* requests this gateway dispatched that the figures cannot show yet (`Replica.unseen`): they
+  count as load, and each adds the candidate's own predicted prefill time to its predicted
+  latencies, so a burst decided on the same figures spreads out instead of herding.
+
+With no prediction in time, the load-based fallback policy decides over every live replica.
+Admission: 429 when every replica asked is predicted to miss the request's SLO, or every
+replica's queue is at its limit (both configurable).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from block.errors import ConfigError, Overloaded, Unavailable
+from block.scheduler.metrics import SchedulerMetrics
+from block.scheduler.predicting import Answer, PredictorClient
+from block.scheduler.replicas import NEVER, Replica, ReplicaSet, Ticket
+from block.scheduler.settings import SchedulerSettings
+from block.simulator.policies import Policy, ReplicaView, RouteRequest, make_policy, meets_slo
+from block.simulator.prediction import Prediction
+from block.wire.predict import LoadFigures
+
+# Smallest latency one unseen request adds to a prediction, seconds (a prefill step).
+MIN_UNSEEN_PENALTY_S = 0.002
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    replica: Replica
+    ticket: Ticket  # release when the proxied request ends
+    policy: str  # the policy that chose (the fallback's name when it did)
+    fallback: str | None  # why the fallback decided, if it did
+    prediction: Prediction | None  # of the chosen replica, unseen requests included
+    asked: int
+    answered: int
+
+
+def resolve_policy(name: str, k: int) -> Policy:
+    """A policy by name; `power-of-k` and `block-k` (the operator's spellings) take `k`."""
+    if name == "power-of-k":
+        name = f"power-of-{k}"
+    elif name == "block-k":
+        name = f"block-k{k}"
+    return make_policy(name)
+
+
+class Router:
+    def __init__(
+        self,
+        settings: SchedulerSettings,
+        replicas: ReplicaSet,
+        predictor: PredictorClient,
+        metrics: SchedulerMetrics,
+        rng: random.Random,
+    ) -> None:
+        self.policy = resolve_policy(settings.policy, settings.k)
+        self.fallback = make_policy(settings.fallback_policy)
+        if self.fallback.needs_prediction:
+            raise ConfigError(
+                f"fallback policy {settings.fallback_policy!r} needs predictions; "
+                "pick a load-based one (least-requests, least-kv, llumnix, ...)"
+            )
+        self._settings = settings
+        self._replicas = replicas
+        self._predictor = predictor
+        self._metrics = metrics
+        self._rng = rng
+        self.fans_out = self.policy.needs_prediction or (
+            self.policy.needs_load and settings.load_figures == "request"
+        )
+
+    async def decide(self, route: RouteRequest, exclude: set[str]) -> Decision:
+        """Pick a replica and dispatch to it (the returned ticket counts it in flight)."""
+        t0 = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        live = self._replicas.routable(loop.time(), exclude)
+        if not live:
+            raise Unavailable(
+                "no replica is ready to serve"
+                + (f" ({len(exclude)} tried and failed)" if exclude else "")
+            )
+        policy = self.policy
+        cand = list(policy.candidates(len(live), self._rng))
+        answers: Sequence[Answer | None] = [None] * len(cand)
+        if self.fans_out:
+            answers = await self._predictor.ask(
+                [live[i] for i in cand], route.prompt_tokens, route.output_tokens
+            )
+        answered = sum(a is not None for a in answers)
+        views = [self._view(live[i], i, a) for i, a in zip(cand, answers, strict=True)]
+        fallback: str | None = None
+        if self.fans_out and answered == 0:
+            fallback = "no_answer"
+            self._metrics.fallbacks.labels(policy.name, fallback).inc()
+            if policy.needs_prediction:
+                # Decide over every live replica, not just the sampled ones.
+                policy = self.fallback
+                views = [self._view(r, i, None) for i, r in enumerate(live)]
+        self._admit(route, views, all_answered=answered == len(cand))
+        index = policy.choose(route, views, self._rng)
+        chosen = live[index]
+        ticket = self._replicas.dispatch(chosen, loop.time())
+        prediction = next((v.prediction for v in views if v.index == index), None)
+        self._metrics.decisions.labels(policy.name, chosen.name).inc()
+        self._metrics.decision_seconds.labels(self.policy.name).observe(time.perf_counter() - t0)
+        return Decision(chosen, ticket, policy.name, fallback, prediction, len(cand), answered)
+
+    def _view(self, r: Replica, index: int, answer: Answer | None) -> ReplicaView:
+        vis = self._settings.visibility_s
+        prediction: Prediction | None = None
+        figures: LoadFigures | None
+        if answer is not None:
+            figures, since, prediction = answer.figures, answer.sent_at - vis, answer.prediction
+        else:
+            figures = r.figures
+            since = r.figures_at - vis if figures is not None else NEVER
+        unseen = r.unseen(since)
+        if prediction is not None and unseen:
+            prediction = with_unseen(prediction, unseen)
+        if figures is None:
+            return ReplicaView(index, 0, 0, 0, 1, inflight=unseen, prediction=prediction)
+        return ReplicaView(
+            index=index,
+            num_running=figures.num_running,
+            num_waiting=figures.num_waiting,
+            kv_used_blocks=figures.kv_blocks_used,
+            kv_total_blocks=figures.kv_blocks_total,
+            waiting_prefill_tokens=figures.waiting_prefill_tokens,
+            block_size=figures.block_size,
+            inflight=unseen,
+            prediction=prediction,
+        )
+
+    def _admit(self, route: RouteRequest, views: Sequence[ReplicaView], all_answered: bool) -> None:
+        s = self._settings
+        if s.reject_unmeetable and all_answered and views and _has_slo(route):
+            slack = RouteRequest(
+                route.prompt_tokens,
+                route.output_tokens,
+                None if route.slo_ttft_s is None else route.slo_ttft_s * s.slo_slack,
+                None if route.slo_e2e_s is None else route.slo_e2e_s * s.slo_slack,
+            )
+            if not any(meets_slo(slack, v.prediction) for v in views):
+                self._metrics.rejected.labels("slo").inc()
+                best = min(views, key=lambda v: _ttft(v.prediction))
+                raise Overloaded(
+                    f"every replica asked ({len(views)}) is predicted to miss this request's "
+                    f"SLO (best predicted TTFT {_ttft(best.prediction):.3f} s, "
+                    f"e2e {_e2e(best.prediction):.3f} s); retry later",
+                    retry_after_s=_retry_after(best.prediction),
+                )
+        limit = s.max_waiting_per_replica
+        if limit and views and all(v.num_waiting + v.inflight >= limit for v in views):
+            self._metrics.rejected.labels("queue").inc()
+            raise Overloaded(
+                f"every replica has {limit} or more requests waiting; retry later",
+                retry_after_s=1.0,
+            )
+
+
+def with_unseen(p: Prediction, unseen: int) -> Prediction:
+    """The prediction with `unseen` more requests ahead, each costing about one prefill."""
+    extra = unseen * max(p.ttft_s - p.queue_s, MIN_UNSEEN_PENALTY_S)
+    return Prediction(p.queue_s + extra, p.ttft_s + extra, p.e2e_s + extra, p.added_delay_s)
+
+
+def _has_slo(route: RouteRequest) -> bool:
+    return route.slo_ttft_s is not None or route.slo_e2e_s is not None
+
+
+def _ttft(p: Prediction | None) -> float:
+    return math.inf if p is None else p.ttft_s
+
+
+def _e2e(p: Prediction | None) -> float:
+    return math.inf if p is None else p.e2e_s
+
+
+def _retry_after(p: Prediction | None) -> float:
+    """About as long as the best replica's predicted queue, within 1..60 s."""
+    if p is None or not math.isfinite(p.queue_s):
+        return 1.0
+    return min(60.0, max(1.0, math.ceil(p.queue_s)))

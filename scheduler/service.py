@@ -1,0 +1,306 @@
+"""`block scheduler`: the OpenAI-compatible gateway that routes by predicted latency.
+
+    POST /v1/completions, /v1/chat/completions   routed, proxied, streamed (SSE) as it arrives
+    GET  /v1/models                               from a ready replica
+    GET  /v1/replicas                             what this gateway sees of each replica
+    GET  /healthz                                 200 while the process serves
+    GET  /metrics                                 Prometheus text format (block_scheduler_*)
+
+Errors are `application/problem+json` (RFC 9457) with an OpenAI-style `error` member too, so
+OpenAI client libraries show the message. The gateway keeps no state another gateway would
+need: any number can run side by side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from block.errors import BlockError, Overloaded, Unauthorized, Unavailable
+from block.scheduler import discovery as discovery_mod
+from block.scheduler import health, parsing
+from block.scheduler.auth import ApiKeys
+from block.scheduler.lengths import Estimator, LengthSource
+from block.scheduler.metrics import SchedulerMetrics
+from block.scheduler.predicting import PredictorClient
+from block.scheduler.proxying import Proxy
+from block.scheduler.replicas import ReplicaSet
+from block.scheduler.routing import Router
+from block.scheduler.settings import SchedulerSettings, cluster_defaults
+from block.simulator.policies import RouteRequest
+
+logger = logging.getLogger(__name__)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass
+class Gateway:
+    """Everything a request handler needs; built in `cleanup_ctx`, one per app."""
+
+    settings: SchedulerSettings
+    metrics: SchedulerMetrics
+    replicas: ReplicaSet
+    session: aiohttp.ClientSession
+    predictor: PredictorClient
+    router: Router
+    proxy: Proxy
+    lengths: LengthSource
+    default_slo: tuple[float | None, float | None]
+    discovery: discovery_mod.Discovery
+
+
+SETTINGS = web.AppKey("settings", SchedulerSettings)
+METRICS = web.AppKey("metrics", SchedulerMetrics)
+KEYS = web.AppKey("api_keys", ApiKeys)
+GATEWAY = web.AppKey("gateway", Gateway)
+REQUEST_ID = web.RequestKey("request_id", str)
+STARTED = web.RequestKey("started", float)  # loop time the request arrived
+
+
+def problem(status: int, title: str, detail: str, request_id: str) -> web.Response:
+    body = {
+        "type": "about:blank",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "request_id": request_id,
+        # What OpenAI clients read for the exception message.
+        "error": {"message": detail, "type": title.lower().replace(" ", "_"), "code": status},
+    }
+    return web.Response(
+        status=status, text=json.dumps(body), content_type="application/problem+json"
+    )
+
+
+def _endpoint_label(path: str) -> str:
+    if path.endswith("/chat/completions"):
+        return "chat"
+    if path.endswith("/completions"):
+        return "completions"
+    if path.startswith("/v1/models"):
+        return "models"
+    return "other"
+
+
+@web.middleware
+async def problems(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Map every failure to problem+json by exception class, and count answers."""
+    request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+    request[REQUEST_ID] = request_id
+    request[STARTED] = asyncio.get_running_loop().time()
+    response: web.StreamResponse
+    try:
+        keys = request.app.get(KEYS)
+        if keys is not None and request.path.startswith("/v1/"):
+            keys.check(request.headers.get("Authorization"), request.headers.get("x-api-key"))
+        response = await handler(request)
+    except BlockError as e:
+        response = problem(e.status, e.title, e.detail, request_id)
+        if isinstance(e, Overloaded):
+            response.headers["Retry-After"] = str(max(1, round(e.retry_after_s)))
+        elif isinstance(e, Unauthorized):
+            response.headers["WWW-Authenticate"] = 'Bearer realm="block"'
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        detail = e.text if e.text and e.text != f"{e.status}: {e.reason}" else e.reason
+        response = problem(e.status, e.reason, detail, request_id)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        logger.exception("request %s failed", request_id)
+        response = problem(500, "Internal error", "see the gateway log", request_id)
+    metrics = request.app[METRICS]
+    metrics.requests.labels(_endpoint_label(request.path), str(response.status)).inc()
+    return response
+
+
+async def generate(request: web.Request) -> web.StreamResponse:
+    gw = request.app[GATEWAY]
+    endpoint: parsing.Endpoint = (
+        "chat" if request.path.endswith("chat/completions") else ("completions")
+    )
+    raw = await request.read()  # 413 beyond client_max_size
+    body = parsing.parse_json(raw)
+    inbound = parsing.parse(
+        endpoint, body, request.headers, gw.settings.chars_per_token, gw.default_slo
+    )
+    output_tokens = await gw.lengths.output_tokens(inbound)
+    route = RouteRequest(
+        inbound.prompt_tokens, output_tokens, inbound.slo_ttft_s, inbound.slo_e2e_s
+    )
+    outcome = await gw.proxy.forward(
+        request, raw, inbound, route, request[REQUEST_ID], request[STARTED]
+    )
+    if outcome.response.status < 400:
+        gw.metrics.e2e_seconds.labels(endpoint).observe(
+            asyncio.get_running_loop().time() - request[STARTED]
+        )
+    return outcome.response
+
+
+async def models(request: web.Request) -> web.Response:
+    """The models of the first ready replica that answers (replicas serve one model)."""
+    gw = request.app[GATEWAY]
+    now = asyncio.get_running_loop().time()
+    live = gw.replicas.routable(now, set())
+    if not live:
+        raise Unavailable("no replica is ready to serve")
+    errors = []
+    start = random.randrange(len(live))
+    for r in (live[start:] + live[:start])[: gw.settings.max_attempts]:
+        try:
+            async with gw.session.get(
+                r.url + "/v1/models", timeout=aiohttp.ClientTimeout(total=5)
+            ) as resp:
+                data = await resp.read()
+                if resp.status == 200:
+                    return web.Response(body=data, content_type="application/json")
+                errors.append(f"{r.name}: HTTP {resp.status}")
+        except (aiohttp.ClientError, TimeoutError) as e:
+            errors.append(f"{r.name}: {type(e).__name__}")
+    raise Unavailable(f"no replica listed its models ({'; '.join(errors)})")
+
+
+async def replicas_view(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    now = asyncio.get_running_loop().time()
+    return web.json_response(
+        {
+            "policy": gw.router.policy.name,
+            "fallback_policy": gw.router.fallback.name,
+            "length_source": gw.lengths.name,
+            "discovery": gw.settings.discover,
+            "replicas": [r.describe(now) for r in gw.replicas.all()],
+        }
+    )
+
+
+async def healthz(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    now = asyncio.get_running_loop().time()
+    known = gw.replicas.all()
+    return web.json_response(
+        {
+            "status": "ok",
+            "replicas": len(known),
+            "routable": sum(r.routable(now) for r in known),
+        }
+    )
+
+
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    now = asyncio.get_running_loop().time()
+    states = {"routable": 0, "unready": 0, "backoff": 0}
+    for r in gw.replicas.all():
+        if not (r.ready and r.probe_ok):
+            states["unready"] += 1
+        elif r.routable(now):
+            states["routable"] += 1
+        else:
+            states["backoff"] += 1
+    for state, n in states.items():
+        gw.metrics.replicas.labels(state).set(n)
+    return web.Response(
+        body=generate_latest(gw.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+    )
+
+
+def make_discovery(settings: SchedulerSettings) -> discovery_mod.Discovery:
+    if settings.discover == "k8s":
+        assert settings.service is not None  # checked by the settings
+        return discovery_mod.KubernetesDiscovery(
+            settings.service,
+            settings.namespace or discovery_mod.default_namespace(),
+            settings.port_name,
+            settings.scheme,
+        )
+    return discovery_mod.StaticDiscovery(settings.replicas)
+
+
+def create_app(
+    settings: SchedulerSettings,
+    estimator: Estimator | None = None,
+    discovery: discovery_mod.Discovery | None = None,
+) -> web.Application:
+    """The gateway. `estimator` is an already loaded length estimator (None: the prior);
+    `discovery` defaults to what the settings say."""
+    app = web.Application(middlewares=[problems], client_max_size=settings.max_body_bytes)
+    app[SETTINGS] = settings
+    app[METRICS] = metrics = SchedulerMetrics.create()
+    if settings.api_keys_file is not None:
+        keys = ApiKeys(settings.api_keys_file)
+        keys.load()
+        app[KEYS] = keys
+    defaults = cluster_defaults(settings.cluster_config)
+    default_slo = (
+        settings.slo_ttft_s if settings.slo_ttft_s is not None else defaults.slo_ttft_s,
+        settings.slo_e2e_s if settings.slo_e2e_s is not None else defaults.slo_e2e_s,
+    )
+
+    async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
+        replicas = ReplicaSet()
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=60, keepalive_timeout=30),
+            auto_decompress=False,
+        )
+        pool = ThreadPoolExecutor(settings.estimator_workers, thread_name_prefix="estimator")
+        predictor = PredictorClient(session, settings, metrics)
+        rng = random.Random(settings.seed)
+        router = Router(settings, replicas, predictor, metrics, rng)
+        disc = discovery or make_discovery(settings)
+        gw = Gateway(
+            settings=settings,
+            metrics=metrics,
+            replicas=replicas,
+            session=session,
+            predictor=predictor,
+            router=router,
+            proxy=Proxy(session, router, settings, metrics),
+            lengths=LengthSource(estimator, settings.prior_output_tokens, pool, metrics),
+            default_slo=default_slo,
+            discovery=disc,
+        )
+        app[GATEWAY] = gw
+        prober: asyncio.Task[None] | None = None
+        try:
+            await disc.start(replicas.update)
+            if settings.health_interval_s > 0:
+                prober = asyncio.create_task(
+                    health.probe_forever(session, replicas, settings.health_interval_s)
+                )
+            logger.info(
+                "gateway up: policy %s, %d replica(s), lengths from %s",
+                router.policy.name,
+                len(replicas.all()),
+                gw.lengths.name,
+            )
+            yield
+        finally:
+            if prober is not None:
+                prober.cancel()
+                await asyncio.gather(prober, return_exceptions=True)
+            await disc.stop()
+            await predictor.close()
+            await session.close()
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    app.cleanup_ctx.append(gateway_ctx)
+    app.router.add_post("/v1/completions", generate)
+    app.router.add_post("/v1/chat/completions", generate)
+    app.router.add_get("/v1/models", models)
+    app.router.add_get("/v1/replicas", replicas_view)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics_endpoint)
+    return app
