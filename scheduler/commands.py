@@ -111,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
 
     from block import logs
     from block.errors import BlockError
+    from block.scheduler.routing import check_policies
     from block.scheduler.service import create_app
     from block.scheduler.settings import SchedulerSettings
 
@@ -123,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     logs.setup(settings.log_level, args.log_json)
     try:
+        check_policies(settings)  # before the (slow) estimator load
         estimator = load_estimator(settings.length_source)
         app = create_app(settings, estimator)
     except BlockError as e:

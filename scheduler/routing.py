@@ -58,6 +58,18 @@ def resolve_policy(name: str, k: int) -> Policy:
     return make_policy(name)
 
 
+def check_policies(settings: SchedulerSettings) -> tuple[Policy, Policy]:
+    """The policy and the fallback the settings name; `ConfigError` if either is unusable."""
+    policy = resolve_policy(settings.policy, settings.k)
+    fallback = make_policy(settings.fallback_policy)
+    if fallback.needs_prediction:
+        raise ConfigError(
+            f"fallback policy {settings.fallback_policy!r} needs predictions; "
+            "pick a load-based one (least-requests, least-kv, llumnix, ...)"
+        )
+    return policy, fallback
+
+
 class Router:
     def __init__(
         self,
@@ -67,13 +79,7 @@ class Router:
         metrics: SchedulerMetrics,
         rng: random.Random,
     ) -> None:
-        self.policy = resolve_policy(settings.policy, settings.k)
-        self.fallback = make_policy(settings.fallback_policy)
-        if self.fallback.needs_prediction:
-            raise ConfigError(
-                f"fallback policy {settings.fallback_policy!r} needs predictions; "
-                "pick a load-based one (least-requests, least-kv, llumnix, ...)"
-            )
+        self.policy, self.fallback = check_policies(settings)
         self._settings = settings
         self._replicas = replicas
         self._predictor = predictor

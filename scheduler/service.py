@@ -35,7 +35,7 @@ from block.scheduler.metrics import SchedulerMetrics
 from block.scheduler.predicting import PredictorClient
 from block.scheduler.proxying import Proxy
 from block.scheduler.replicas import ReplicaSet
-from block.scheduler.routing import Router
+from block.scheduler.routing import Router, check_policies
 from block.scheduler.settings import SchedulerSettings, cluster_defaults
 from block.simulator.policies import RouteRequest
 
@@ -236,6 +236,8 @@ def create_app(
 ) -> web.Application:
     """The gateway. `estimator` is an already loaded length estimator (None: the prior);
     `discovery` defaults to what the settings say."""
+    check_policies(settings)  # a bad name fails here, not at start-up
+    disc = discovery or make_discovery(settings)
     app = web.Application(middlewares=[problems], client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     app[METRICS] = metrics = SchedulerMetrics.create()
@@ -259,7 +261,6 @@ def create_app(
         predictor = PredictorClient(session, settings, metrics)
         rng = random.Random(settings.seed)
         router = Router(settings, replicas, predictor, metrics, rng)
-        disc = discovery or make_discovery(settings)
         gw = Gateway(
             settings=settings,
             metrics=metrics,

@@ -54,17 +54,16 @@ class FakeSidecar:
     predict_bodies: list[dict[str, Any]] = field(default_factory=list)
     auth_headers: list[str | None] = field(default_factory=list)
     server: TestServer | None = None
+    port: int = 0
 
     @property
     def url(self) -> str:
-        assert self.server is not None
-        return str(self.server.make_url("")).rstrip("/")
+        return f"http://127.0.0.1:{self.port}"
 
     @property
     def replica_name(self) -> str:
         """The name the gateway gives it (host:port of a static URL)."""
-        assert self.server is not None
-        return f"127.0.0.1:{self.server.port}"
+        return f"127.0.0.1:{self.port}"
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -185,6 +184,8 @@ async def sidecars() -> AsyncIterator[StartSidecars]:
             server = TestServer(fake.app(), host="127.0.0.1")
             await server.start_server()
             fake.server = server
+            assert server.port is not None
+            fake.port = server.port
             started.append(server)
             out.append(fake)
         return out
