@@ -7,7 +7,12 @@ import importlib
 from typing import Any
 
 # name -> module exposing add_arguments(parser) and run(args) -> int. Add yours here.
-EXPERIMENTS: dict[str, str] = {}
+EXPERIMENTS: dict[str, str] = {
+    "capacity": "block.experiments.capacity",
+    "prediction": "block.experiments.prediction",
+    "config-search": "block.experiments.config_search",
+    "burstiness": "block.experiments.burstiness",
+}
 
 
 def register(sub: Any) -> None:
