@@ -69,3 +69,39 @@ class PredictResponse(WireModel):
     state_age_s: float  # time since the live twin last heard from the engine
     model: str
     compute_s: float  # time the predictor spent answering
+
+
+class EngineLoad(WireModel):
+    """The engine's own load gauges at the last scrape of its /metrics."""
+
+    num_running: float
+    num_waiting: float
+    kv_used_ratio: float | None
+
+
+class TwinConfig(WireModel):
+    """The engine scheduler settings the live twin simulates."""
+
+    scheduler: str
+    max_num_batched_tokens: int
+    max_num_seqs: int
+    num_blocks: int
+    block_size: int
+    max_model_len: int
+
+
+class StateResponse(WireModel):
+    """`GET /v1/state`: the live twin's view, the engine's, and how far apart they are."""
+
+    model: str
+    engine_url: str
+    engine_up: bool
+    engine_error: str | None = None
+    load: LoadFigures  # the twin's
+    engine: EngineLoad | None = None  # None until a scrape succeeded
+    drift: EngineLoad | None = None  # engine minus twin, at the last scrape
+    inflight: int  # requests proxied and not finished
+    state_age_s: float
+    length_extensions: int  # in-flight requests that outran their estimate, so far
+    resyncs: int  # corrections of the twin's progress to the tokens streamed, so far
+    config: TwinConfig

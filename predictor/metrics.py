@@ -1,0 +1,271 @@
+"""Prometheus metrics of the engine twin (vLLM's names) and of the predictor sidecar
+(`block_predictor_*`), one registry per app.
+
+The engine twin speaks vLLM's dialect on purpose (`vllm:num_requests_running`,
+`vllm:kv_cache_usage_perc` holding a 0-1 ratio despite its name, ...), so that dashboards,
+the sidecar's reconciler and the gateway read it like a real vLLM. Load gauges are computed at
+scrape time from the live state, so they are never stale.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+# vLLM's own buckets for these histograms.
+VLLM_TTFT_BUCKETS = (
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+    20.0, 40.0, 80.0, 160.0, 640.0, 2560.0,
+)  # fmt: skip
+VLLM_LATENCY_BUCKETS = (
+    0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0,
+    240.0, 480.0, 960.0, 1920.0, 7680.0,
+)  # fmt: skip
+VLLM_TPOT_BUCKETS = (
+    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+    20.0, 40.0, 80.0,
+)  # fmt: skip
+TOKEN_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000)
+
+# Prediction compute time lives in tens to hundreds of microseconds.
+PREDICT_BUCKETS = (
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+)  # fmt: skip
+# Signed error (predicted - actual), seconds: symmetric, fine near zero.
+ERROR_BUCKETS = (
+    -30.0, -10.0, -5.0, -2.0, -1.0, -0.5, -0.25, -0.1, -0.05, -0.025, -0.01, 0.0, 0.01, 0.025,
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0,
+)  # fmt: skip
+# |predicted - actual| / actual.
+RATIO_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0)
+
+Gauges = Callable[[], dict[str, float]]
+
+
+class GaugeCollector(Collector):
+    """Gauges (or counters) read at scrape time: `values()` returns {name: value}."""
+
+    def __init__(
+        self,
+        help_texts: dict[str, str],
+        values: Gauges,
+        labels: dict[str, str],
+        counter: bool = False,
+    ) -> None:
+        self._help = help_texts
+        self._values = values
+        self._labels = labels
+        self._family = CounterMetricFamily if counter else GaugeMetricFamily
+
+    def collect(self) -> Iterator[Metric]:
+        names = list(self._labels)
+        for name, value in self._values().items():
+            g = self._family(name, self._help.get(name, name), labels=names)
+            g.add_metric([self._labels[k] for k in names], value)
+            yield g
+
+
+# ---------------------------------------------------------------------------------- engine
+ENGINE_GAUGES = {
+    "vllm:num_requests_running": "Number of requests in model execution batches.",
+    "vllm:num_requests_waiting": "Number of requests waiting to be processed.",
+    "vllm:kv_cache_usage_perc": "KV-cache usage. 1 means 100 percent usage.",
+    "vllm:gpu_cache_usage_perc": "GPU KV-cache usage (vLLM v0 name). 1 means 100 percent usage.",
+}
+
+
+@dataclass(frozen=True)
+class EngineMetrics:
+    registry: CollectorRegistry
+    prompt_tokens: Counter
+    generation_tokens: Counter
+    request_success: Counter
+    ttft: Histogram
+    e2e: Histogram
+    queue: Histogram
+    inter_token: Histogram
+    request_prompt_tokens: Histogram
+    request_generation_tokens: Histogram
+    model_name: str
+
+    @classmethod
+    def create(
+        cls, model_name: str, load: Gauges, counters: Gauges, cache_info: dict[str, str]
+    ) -> EngineMetrics:
+        r = CollectorRegistry()
+        labels = ["model_name"]
+        r.register(GaugeCollector(ENGINE_GAUGES, load, {"model_name": model_name}))
+        r.register(
+            GaugeCollector(
+                {"vllm:num_preemptions": "Cumulative number of preemptions."},
+                counters,
+                {"model_name": model_name},
+                counter=True,
+            )
+        )
+        r.register(
+            GaugeCollector(
+                {"vllm:cache_config_info": "Information of the KV cache configuration."},
+                lambda: {"vllm:cache_config_info": 1.0},
+                cache_info,
+            )
+        )
+
+        def hist(name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
+            return Histogram(name, doc, labels, buckets=buckets, registry=r)
+
+        return cls(
+            registry=r,
+            prompt_tokens=Counter(
+                "vllm:prompt_tokens", "Number of prefill tokens processed.", labels, registry=r
+            ),
+            generation_tokens=Counter(
+                "vllm:generation_tokens",
+                "Number of generation tokens processed.",
+                labels,
+                registry=r,
+            ),
+            request_success=Counter(
+                "vllm:request_success",
+                "Count of successfully processed requests.",
+                [*labels, "finished_reason"],
+                registry=r,
+            ),
+            ttft=hist(
+                "vllm:time_to_first_token_seconds",
+                "Histogram of time to first token in seconds.",
+                VLLM_TTFT_BUCKETS,
+            ),
+            e2e=hist(
+                "vllm:e2e_request_latency_seconds",
+                "Histogram of end to end request latency in seconds.",
+                VLLM_LATENCY_BUCKETS,
+            ),
+            queue=hist(
+                "vllm:request_queue_time_seconds",
+                "Histogram of time spent in WAITING phase for request.",
+                VLLM_LATENCY_BUCKETS,
+            ),
+            inter_token=hist(
+                "vllm:time_per_output_token_seconds",
+                "Histogram of time per output token in seconds.",
+                VLLM_TPOT_BUCKETS,
+            ),
+            request_prompt_tokens=hist(
+                "vllm:request_prompt_tokens",
+                "Number of prefill tokens processed.",
+                TOKEN_BUCKETS,
+            ),
+            request_generation_tokens=hist(
+                "vllm:request_generation_tokens",
+                "Number of generation tokens processed.",
+                TOKEN_BUCKETS,
+            ),
+            model_name=model_name,
+        )
+
+
+# ---------------------------------------------------------------------------------- predictor
+PREDICTOR_GAUGES = {
+    "block_predictor_inflight_requests": "Requests proxied to the engine and not finished.",
+    "block_predictor_twin_running_requests": "Running requests in the live twin.",
+    "block_predictor_twin_waiting_requests": "Waiting requests in the live twin.",
+    "block_predictor_twin_kv_used_ratio": "KV blocks the live twin holds, share of all.",
+    "block_predictor_engine_running_requests": "vllm:num_requests_running at the last scrape.",
+    "block_predictor_engine_waiting_requests": "vllm:num_requests_waiting at the last scrape.",
+    "block_predictor_engine_kv_used_ratio": "vllm:kv_cache_usage_perc at the last scrape.",
+    "block_predictor_drift_running_requests": "Engine minus twin running requests (last scrape).",
+    "block_predictor_drift_waiting_requests": "Engine minus twin waiting requests (last scrape).",
+    "block_predictor_drift_kv_used_ratio": "Engine minus twin KV usage ratio (last scrape).",
+    "block_predictor_state_age_seconds": "Time since the engine was last heard from.",
+    "block_predictor_engine_up": "1 if the engine answered its last scrape, else 0.",
+}
+
+
+@dataclass(frozen=True)
+class PredictorMetrics:
+    registry: CollectorRegistry
+    predict_seconds: Histogram
+    predictions: Counter
+    requests: Counter
+    upstream_errors: Counter
+    ttft_error: Histogram
+    e2e_error: Histogram
+    ttft_relative_error: Histogram
+    e2e_relative_error: Histogram
+    extensions: Counter
+    resyncs: Counter
+    scrapes: Counter
+
+    @classmethod
+    def create(cls, gauges: Gauges) -> PredictorMetrics:
+        r = CollectorRegistry()
+        r.register(GaugeCollector(PREDICTOR_GAUGES, gauges, {}))
+        return cls(
+            registry=r,
+            predict_seconds=Histogram(
+                "block_predictor_predict_seconds",
+                "CPU time to answer one /v1/predict (all its candidates), seconds.",
+                buckets=PREDICT_BUCKETS,
+                registry=r,
+            ),
+            predictions=Counter(
+                "block_predictor_predictions_total", "Candidates predicted.", registry=r
+            ),
+            requests=Counter(
+                "block_predictor_requests_total",
+                "Proxied requests by outcome (completed, cancelled, upstream_error, rejected).",
+                ["outcome"],
+                registry=r,
+            ),
+            upstream_errors=Counter(
+                "block_predictor_upstream_errors_total",
+                "Failures talking to the engine, by kind (connect, timeout, disconnect, status).",
+                ["kind"],
+                registry=r,
+            ),
+            ttft_error=Histogram(
+                "block_predictor_ttft_error_seconds",
+                "Predicted minus actual TTFT of completed streamed requests, seconds.",
+                buckets=ERROR_BUCKETS,
+                registry=r,
+            ),
+            e2e_error=Histogram(
+                "block_predictor_e2e_error_seconds",
+                "Predicted minus actual end-to-end latency of completed requests, seconds.",
+                buckets=ERROR_BUCKETS,
+                registry=r,
+            ),
+            ttft_relative_error=Histogram(
+                "block_predictor_ttft_relative_error_ratio",
+                "|predicted - actual| / actual TTFT of completed streamed requests.",
+                buckets=RATIO_BUCKETS,
+                registry=r,
+            ),
+            e2e_relative_error=Histogram(
+                "block_predictor_e2e_relative_error_ratio",
+                "|predicted - actual| / actual end-to-end latency of completed requests.",
+                buckets=RATIO_BUCKETS,
+                registry=r,
+            ),
+            extensions=Counter(
+                "block_predictor_length_extensions_total",
+                "Times an in-flight request outran its length estimate and got a new one.",
+                registry=r,
+            ),
+            resyncs=Counter(
+                "block_predictor_resyncs_total",
+                "Times the twin's progress of a request was reset to the tokens streamed.",
+                registry=r,
+            ),
+            scrapes=Counter(
+                "block_predictor_engine_scrapes_total",
+                "Scrapes of the engine's /metrics, by result (ok, error).",
+                ["result"],
+                registry=r,
+            ),
+        )

@@ -1,0 +1,307 @@
+"""The sidecar's request path: the OpenAI API proxied to the engine, feeding the live twin.
+
+Each request is validated and its prompt counted (the same template the engine uses), enters
+the twin with its assumed length (`x-block-output-tokens`, or the exact `max_tokens` of an
+`ignore_eos` request, or the prior), and is forwarded byte for byte. Streams pass through as
+each chunk arrives; the sidecar reads the SSE events on the side to count tokens (one per
+content chunk, as vLLM streams them) and the final usage. A client that disconnects cancels
+the upstream request (closing it makes the engine abort); an engine that is down or dies
+mid-stream gives a clear 503/502, or an SSE error event once the stream has started.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, Literal
+
+import aiohttp
+from aiohttp import web
+
+from block.errors import InvalidRequest, Unavailable, UpstreamError
+from block.predictor import problems
+from block.predictor.metrics import PredictorMetrics
+from block.predictor.settings import PredictorSettings
+from block.predictor.tokens import Tokens
+from block.predictor.twin import LiveTwin, Outcome, Tracked
+from block.wire.openai import (
+    MAX_TOKENS_LIMIT,
+    OUTPUT_TOKENS_HEADER,
+    ChatCompletionRequest,
+    CompletionRequest,
+)
+
+logger = logging.getLogger(__name__)
+
+Kind = Literal["completion", "chat"]
+# Request headers passed to the engine (hop-by-hop ones and Host are not).
+FORWARD_HEADERS = ("authorization", "content-type", "accept", "x-request-id", "traceparent")
+
+
+class Proxy:
+    """Forwards OpenAI requests to one engine and tells the twin what happens to them."""
+
+    def __init__(
+        self,
+        settings: PredictorSettings,
+        twin: LiveTwin,
+        tokens: Tokens,
+        session: aiohttp.ClientSession,
+        metrics: PredictorMetrics,
+    ) -> None:
+        self.settings = settings
+        self.twin = twin
+        self.tokens = tokens
+        self.session = session
+        self.metrics = metrics
+        self.timeout = aiohttp.ClientTimeout(
+            total=None, connect=settings.connect_timeout_s, sock_read=settings.read_timeout_s
+        )
+
+    # ------------------------------------------------------------------ entry
+    async def handle(self, request: web.Request, kind: Kind) -> web.StreamResponse:
+        raw = await problems.read_body(request)
+        data = problems.parse_json(raw)
+        estimate = _estimate_header(request)
+        if kind == "completion":
+            comp = problems.validate(CompletionRequest, data)
+            prompts = comp.prompts
+            # A batch of prompts is several engine requests; the twin does not follow those.
+            prompt = await self.tokens.completion_prompt(prompts[0]) if len(prompts) == 1 else None
+            limit, stream, ignore_eos = comp.max_tokens, comp.stream, comp.ignore_eos
+            n = comp.n
+        else:
+            chat = problems.validate(ChatCompletionRequest, data)
+            prompt = await self.tokens.chat_prompt(chat.messages)
+            limit, stream, ignore_eos = chat.token_limit, chat.stream, chat.ignore_eos
+            n = chat.n
+        tracked: Tracked | None = None
+        if prompt is not None and n == 1:
+            exact = ignore_eos and limit is not None and self.settings.trust_ignore_eos
+            output, cap = self.twin.assume(prompt, limit, estimate, exact)
+            tracked = self.twin.arrive(prompt, output, cap, exact, stream)
+        path = "/v1/completions" if kind == "completion" else "/v1/chat/completions"
+        try:
+            return await self._forward(request, path, raw, stream, tracked)
+        finally:
+            if tracked is not None and not tracked.done:
+                self.twin.cancel(tracked)
+                self.metrics.requests.labels("cancelled").inc()
+
+    # ------------------------------------------------------------------ upstream
+    async def _forward(
+        self,
+        request: web.Request,
+        path: str,
+        raw: bytes,
+        stream: bool,
+        tracked: Tracked | None,
+    ) -> web.StreamResponse:
+        url = self.settings.engine_url + path
+        headers = {k: v for k, v in request.headers.items() if k.lower() in FORWARD_HEADERS}
+        headers.setdefault("Content-Type", "application/json")
+        try:
+            async with self.session.post(
+                url, data=raw, headers=headers, timeout=self.timeout
+            ) as up:
+                if up.status != 200:
+                    body = await up.read()
+                    self.metrics.upstream_errors.labels("status").inc()
+                    self._cancel(tracked, "upstream_error")
+                    return web.Response(
+                        status=up.status,
+                        body=body,
+                        headers={"Content-Type": up.headers.get("Content-Type", "text/plain")},
+                    )
+                if stream and up.content_type == "text/event-stream":
+                    return await self._stream(request, up, tracked)
+                body = await up.read()
+                self._complete(tracked, _usage_tokens(body))
+                return web.Response(
+                    status=200,
+                    body=body,
+                    headers={"Content-Type": up.headers.get("Content-Type", "application/json")},
+                )
+        except aiohttp.ClientConnectorError as e:
+            self.metrics.upstream_errors.labels("connect").inc()
+            self._cancel(tracked, "upstream_error")
+            raise Unavailable(
+                f"the engine at {self.settings.engine_url} is not reachable: {e.os_error}"
+            ) from e
+        except TimeoutError as e:
+            self.metrics.upstream_errors.labels("timeout").inc()
+            self._cancel(tracked, "upstream_error")
+            raise UpstreamError(
+                f"the engine at {self.settings.engine_url} sent nothing for "
+                f"{self.settings.read_timeout_s:g} s"
+            ) from e
+        except aiohttp.ClientError as e:
+            self.metrics.upstream_errors.labels("disconnect").inc()
+            self._cancel(tracked, "upstream_error")
+            raise UpstreamError(
+                f"the engine at {self.settings.engine_url} failed: {type(e).__name__}: {e}"
+            ) from e
+
+    async def _stream(
+        self, request: web.Request, up: aiohttp.ClientResponse, tracked: Tracked | None
+    ) -> web.StreamResponse:
+        resp = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        await resp.prepare(request)
+        events = _EventCounter()
+        twin = self.twin
+        try:
+            async for data in up.content.iter_any():
+                await resp.write(data)  # pass it on first: counting is bookkeeping
+                tokens = events.feed(data)
+                if tokens and tracked is not None:
+                    twin.token(tracked, tokens)
+        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as e:
+            if isinstance(e, ConnectionResetError):
+                raise  # our client went away (aiohttp's write error), not the engine
+            kind = "timeout" if isinstance(e, TimeoutError) else "disconnect"
+            self.metrics.upstream_errors.labels(kind).inc()
+            self._cancel(tracked, "upstream_error")
+            detail = (
+                f"the engine at {self.settings.engine_url} stopped mid-stream after "
+                f"{events.tokens} tokens ({type(e).__name__})"
+            )
+            logger.warning("%s", detail)
+            await resp.write(b"data: " + problems.problem_bytes(502, "upstream_error", detail))
+            await resp.write(b"\n\n")
+            await resp.write_eof()
+            return resp
+        if events.done or events.usage_tokens is not None:
+            self._complete(tracked, events.usage_tokens)
+        else:
+            self._cancel(tracked, "upstream_error")
+        await resp.write_eof()
+        return resp
+
+    # ------------------------------------------------------------------ accounting
+    def _complete(self, tracked: Tracked | None, completion_tokens: int | None) -> None:
+        self.metrics.requests.labels("completed").inc()
+        if tracked is None:
+            return
+        outcome = self.twin.finish(tracked, completion_tokens)
+        self._observe(outcome)
+
+    def _cancel(self, tracked: Tracked | None, outcome: str) -> None:
+        self.metrics.requests.labels(outcome).inc()
+        if tracked is not None:
+            self.twin.cancel(tracked)
+
+    def _observe(self, o: Outcome) -> None:
+        p = o.predicted
+        if p is None:
+            return
+        m = self.metrics
+        m.e2e_error.observe(p.e2e_s - o.e2e_s)
+        if o.e2e_s > 0:
+            m.e2e_relative_error.observe(abs(p.e2e_s - o.e2e_s) / o.e2e_s)
+        if o.ttft_s is not None:
+            m.ttft_error.observe(p.ttft_s - o.ttft_s)
+            if o.ttft_s > 0:
+                m.ttft_relative_error.observe(abs(p.ttft_s - o.ttft_s) / o.ttft_s)
+
+
+class _EventCounter:
+    """Reads an SSE stream on the side: tokens (content chunks), usage, [DONE]."""
+
+    __slots__ = ("_buf", "done", "tokens", "usage_tokens")
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self.tokens = 0
+        self.usage_tokens: int | None = None
+        self.done = False
+
+    def feed(self, data: bytes) -> int:
+        """New tokens in the events that `data` completes."""
+        buf = self._buf + data
+        new = 0
+        start = 0
+        while True:
+            end = buf.find(b"\n\n", start)
+            if end < 0:
+                break
+            new += self._event(buf[start:end])
+            start = end + 2
+        self._buf = buf[start:]
+        self.tokens += new
+        return new
+
+    def _event(self, event: bytes) -> int:
+        if not event.startswith(b"data:"):
+            return 0
+        payload = event[5:].strip()
+        if payload == b"[DONE]":
+            self.done = True
+            return 0
+        try:
+            obj = json.loads(payload)
+        except ValueError:
+            return 0
+        if not isinstance(obj, dict):
+            return 0
+        usage = obj.get("usage")
+        if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
+            self.usage_tokens = usage["completion_tokens"]
+        count = 0
+        for choice in obj.get("choices") or ():
+            if not isinstance(choice, dict):
+                continue
+            if choice.get("text"):
+                count += 1
+                continue
+            delta = choice.get("delta")
+            if isinstance(delta, dict) and any(
+                delta.get(k) for k in ("content", "tool_calls", "reasoning_content")
+            ):
+                count += 1
+        return count
+
+
+def _estimate_header(request: web.Request) -> int | None:
+    value = request.headers.get(OUTPUT_TOKENS_HEADER)
+    if value is None:
+        return None
+    try:
+        n = int(value.strip())
+    except ValueError:
+        n = 0
+    if not 1 <= n <= MAX_TOKENS_LIMIT:
+        raise InvalidRequest(
+            f"{OUTPUT_TOKENS_HEADER} must be an integer from 1 to {MAX_TOKENS_LIMIT} "
+            f"(got {value[:40]!r})"
+        )
+    return n
+
+
+def _usage_tokens(body: bytes) -> int | None:
+    try:
+        obj: Any = json.loads(body)
+        n = obj["usage"]["completion_tokens"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return n if isinstance(n, int) else None
+
+
+async def models(request: web.Request, proxy: Proxy) -> web.Response:
+    """`GET /v1/models`, passed through."""
+    url = proxy.settings.engine_url + "/v1/models"
+    try:
+        async with proxy.session.get(url, timeout=proxy.timeout) as up:
+            body = await up.read()
+            return web.Response(
+                status=up.status,
+                body=body,
+                headers={"Content-Type": up.headers.get("Content-Type", "application/json")},
+            )
+    except aiohttp.ClientConnectorError as e:
+        raise Unavailable(
+            f"the engine at {proxy.settings.engine_url} is not reachable: {e.os_error}"
+        ) from e
+    except (TimeoutError, aiohttp.ClientError) as e:
+        raise UpstreamError(f"the engine at {proxy.settings.engine_url} failed: {e}") from e

@@ -1,0 +1,322 @@
+"""`block predictor`: the sidecar app.
+
+    POST /v1/completions, /v1/chat/completions, GET /v1/models   proxied to the engine
+    POST /v1/predict   "what if you got this request now?" (block.wire.predict)
+    GET  /v1/state     the twin, the engine's gauges, the drift between them
+    GET  /healthz      the process is alive
+    GET  /readyz       the engine answers (503 otherwise)
+    GET  /metrics      block_predictor_* (prediction latency, predicted-vs-actual error, drift)
+
+Predictions run on the event loop, not in an executor: they take tens to hundreds of
+microseconds (bench/predictor_latency.py), less than a thread hop would add, and the twin is
+not thread-safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from block.errors import Unavailable
+from block.predictor import problems, proxying
+from block.predictor.lengths import LengthDistribution
+from block.predictor.metrics import PredictorMetrics
+from block.predictor.reconciling import EngineFigures, Scraper
+from block.predictor.settings import PredictorSettings
+from block.predictor.tokens import Tokens
+from block.predictor.twin import LiveTwin
+from block.simulator.latency import LatencyModel
+from block.simulator.replica import ReplicaConfig
+from block.wire.predict import (
+    EngineLoad,
+    LoadFigures,
+    PredictedLatency,
+    PredictRequest,
+    PredictResponse,
+    StateResponse,
+    TwinConfig,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class Sidecar:
+    """The sidecar's state: twin, proxy, scraper, metrics. Built at startup."""
+
+    def __init__(
+        self,
+        settings: PredictorSettings,
+        twin: LiveTwin,
+        tokens: Tokens,
+        session: aiohttp.ClientSession,
+    ) -> None:
+        self.settings = settings
+        self.twin = twin
+        self.metrics = PredictorMetrics.create(self._gauges)
+        self.proxy = proxying.Proxy(settings, twin, tokens, session, self.metrics)
+        self.scraper = Scraper(session, settings.engine_url, settings.connect_timeout_s)
+        self.drift: EngineLoad | None = None
+        self._last_ok_s = -float("inf")
+
+    # ------------------------------------------------------------------ reconciling
+    async def reconcile_once(self) -> None:
+        figures = await self.scraper.scrape()
+        self.metrics.scrapes.labels("ok" if figures else "error").inc()
+        if figures is None:
+            return
+        self._last_ok_s = time.monotonic()
+        twin = self.twin
+        twin.heard()
+        self._adopt_engine_config(figures)
+        twin.settle()
+        load = twin.load()
+        kv = None if figures.kv_used_ratio is None else figures.kv_used_ratio - load.kv_used_ratio
+        self.drift = EngineLoad(
+            num_running=figures.num_running - load.num_running,
+            num_waiting=figures.num_waiting - load.num_waiting,
+            kv_used_ratio=kv,
+        )
+        if abs(self.drift.num_running) + abs(self.drift.num_waiting) >= 4:
+            logger.info(
+                "twin drift: engine %d running / %d waiting, twin %d / %d",
+                figures.num_running, figures.num_waiting, load.num_running, load.num_waiting,
+            )  # fmt: skip
+
+    def _adopt_engine_config(self, figures: EngineFigures) -> None:
+        """Without --num-blocks, simulate the KV cache the engine says it has."""
+        s = self.settings
+        if s.num_blocks is not None or figures.num_blocks is None:
+            return
+        cfg = self.twin.replica.config
+        block_size = figures.block_size or cfg.block_size
+        new = dataclasses.replace(cfg, num_blocks=figures.num_blocks, block_size=block_size)
+        if self.twin.reconfigure(new):
+            logger.info(
+                "twin adopts the engine's KV cache: %d blocks of %d tokens",
+                figures.num_blocks, block_size,
+            )  # fmt: skip
+
+    async def reconcile_forever(self) -> None:
+        while True:
+            try:
+                await self.reconcile_once()
+            except Exception:  # the loop must survive anything a scrape brings
+                logger.exception("reconciling with the engine failed")
+            await asyncio.sleep(self.settings.reconcile_interval_s)
+
+    @property
+    def ready(self) -> bool:
+        return self.scraper.up and (
+            time.monotonic() - self._last_ok_s < self.settings.stale_after_s
+        )
+
+    # ------------------------------------------------------------------ views
+    def _gauges(self) -> dict[str, float]:
+        twin = self.twin
+        twin.settle()
+        load = twin.load()
+        out = {
+            "block_predictor_inflight_requests": float(len(twin.requests)),
+            "block_predictor_twin_running_requests": float(load.num_running),
+            "block_predictor_twin_waiting_requests": float(load.num_waiting),
+            "block_predictor_twin_kv_used_ratio": load.kv_used_ratio,
+            "block_predictor_state_age_seconds": min(twin.state_age_s(), 1e9),
+            "block_predictor_engine_up": 1.0 if self.scraper.up else 0.0,
+        }
+        eng, drift = self.scraper.last, self.drift
+        if eng is not None:
+            out["block_predictor_engine_running_requests"] = eng.num_running
+            out["block_predictor_engine_waiting_requests"] = eng.num_waiting
+            if eng.kv_used_ratio is not None:
+                out["block_predictor_engine_kv_used_ratio"] = eng.kv_used_ratio
+        if drift is not None:
+            out["block_predictor_drift_running_requests"] = drift.num_running
+            out["block_predictor_drift_waiting_requests"] = drift.num_waiting
+            if drift.kv_used_ratio is not None:
+                out["block_predictor_drift_kv_used_ratio"] = drift.kv_used_ratio
+        return out
+
+    def load_figures(self) -> LoadFigures:
+        load = self.twin.load()
+        return LoadFigures(
+            num_running=load.num_running,
+            num_waiting=load.num_waiting,
+            kv_blocks_used=load.used_blocks,
+            kv_blocks_total=load.num_blocks,
+            block_size=load.block_size,
+            waiting_prefill_tokens=load.waiting_prefill_tokens,
+        )
+
+    def state(self) -> StateResponse:
+        twin = self.twin
+        twin.settle()
+        cfg = twin.replica.config
+        eng = self.scraper.last
+        return StateResponse(
+            model=self.settings.model_name,
+            engine_url=self.settings.engine_url,
+            engine_up=self.scraper.up,
+            engine_error=self.scraper.last_error,
+            load=self.load_figures(),
+            engine=None
+            if eng is None
+            else EngineLoad(
+                num_running=eng.num_running,
+                num_waiting=eng.num_waiting,
+                kv_used_ratio=eng.kv_used_ratio,
+            ),
+            drift=self.drift,
+            inflight=len(twin.requests),
+            state_age_s=min(twin.state_age_s(), 1e9),
+            length_extensions=twin.num_extensions,
+            resyncs=twin.num_resyncs,
+            config=TwinConfig(
+                scheduler=cfg.scheduler,
+                max_num_batched_tokens=cfg.max_num_batched_tokens,
+                max_num_seqs=cfg.max_num_seqs,
+                num_blocks=twin.replica.num_blocks,
+                block_size=cfg.block_size,
+                max_model_len=twin.max_model_len,
+            ),
+        )
+
+
+SIDECAR = web.AppKey("sidecar", Sidecar)
+
+
+# ---------------------------------------------------------------------------------- handlers
+async def predict(request: web.Request) -> web.Response:
+    side = request.app[SIDECAR]
+    body = problems.validate(PredictRequest, problems.parse_json(await problems.read_body(request)))
+    start = time.perf_counter()
+    twin = side.twin
+    preds = twin.predict([(c.prompt_tokens, c.output_tokens) for c in body.candidates], body.impact)
+    load = side.load_figures()
+    compute = time.perf_counter() - start
+    side.metrics.predict_seconds.observe(compute)
+    side.metrics.predictions.inc(len(preds))
+    first = preds[0]
+    resp = PredictResponse(
+        queue_s=first.queue_s,
+        ttft_s=first.ttft_s,
+        e2e_s=first.e2e_s,
+        added_delay_s=first.added_delay_s,
+        predictions=[
+            PredictedLatency(
+                queue_s=p.queue_s, ttft_s=p.ttft_s, e2e_s=p.e2e_s, added_delay_s=p.added_delay_s
+            )
+            for p in preds
+        ],
+        load=load,
+        state_age_s=min(twin.state_age_s(), 1e9),
+        model=side.settings.model_name,
+        compute_s=compute,
+    )
+    return web.Response(body=resp.model_dump_json().encode(), content_type="application/json")
+
+
+async def state(request: web.Request) -> web.Response:
+    side = request.app[SIDECAR]
+    return web.Response(
+        body=side.state().model_dump_json().encode(), content_type="application/json"
+    )
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    side = request.app[SIDECAR]
+    if not side.ready:
+        raise Unavailable(
+            f"the engine at {side.settings.engine_url} is not answering: "
+            f"{side.scraper.last_error or 'no recent scrape'}"
+        )
+    return web.json_response({"status": "ready"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    side = request.app[SIDECAR]
+    body = generate_latest(side.metrics.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    return await request.app[SIDECAR].proxy.handle(request, "completion")
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    return await request.app[SIDECAR].proxy.handle(request, "chat")
+
+
+async def models(request: web.Request) -> web.Response:
+    return await proxying.models(request, request.app[SIDECAR].proxy)
+
+
+# ---------------------------------------------------------------------------------- app
+def replica_config(settings: PredictorSettings) -> ReplicaConfig:
+    return ReplicaConfig(
+        scheduler=settings.scheduler,
+        max_num_batched_tokens=settings.max_num_batched_tokens,
+        max_num_seqs=settings.max_num_seqs,
+        block_size=settings.block_size,
+        num_blocks=settings.num_blocks,
+        max_model_len=settings.max_model_len,
+    )
+
+
+def create_app(
+    settings: PredictorSettings,
+    tokens: Tokens | None = None,
+    lengths: LengthDistribution | None = None,
+) -> web.Application:
+    """The sidecar's app. The profile, tokenizer and length data load at startup; tests may
+    pass already-loaded tokens and lengths."""
+    app = problems.new_app(settings.max_body_bytes)
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        latency = LatencyModel.load(settings.gpu, settings.model, settings.tp)
+        twin = LiveTwin(
+            latency,
+            replica_config(settings),
+            lengths if lengths is not None else LengthDistribution.sharegpt(),
+            sync_interval_s=settings.sync_interval_s,
+            prior_output_tokens=settings.prior_output_tokens,
+        )
+        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30.0)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            side = Sidecar(
+                settings, twin, tokens if tokens is not None else Tokens.llama3(), session
+            )
+            app[SIDECAR] = side
+            await side.reconcile_once()  # learn the engine's KV cache before any traffic
+            task = asyncio.create_task(side.reconcile_forever())
+            logger.info(
+                "predictor for %s at %s: twin with %d KV blocks, engine %s",
+                settings.model_name, settings.engine_url, twin.replica.num_blocks,
+                "up" if side.scraper.up else f"down ({side.scraper.last_error})",
+            )  # fmt: skip
+            yield
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    app.cleanup_ctx.append(lifecycle)
+    app.router.add_post("/v1/completions", completions)
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_get("/v1/models", models)
+    app.router.add_post("/v1/predict", predict)
+    app.router.add_get("/v1/state", state)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    return app

@@ -1,0 +1,100 @@
+"""Token counting with the real Llama-3 tokenizer, and deterministic filler text.
+
+Both services count prompts the same way, so the sidecar's twin sees the prompt the engine
+twin computes: completions are the prompt's tokens plus the BOS token the engine prepends;
+chat requests are rendered with the Llama-3 chat template (header tokens per message, the
+assistant header at the end) and counted whole. Token-id prompts count as given.
+
+Generated text is a fixed English passage cut into the tokenizer's own pieces, so the text
+the twin streams re-tokenizes to about as many tokens as it claims.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Protocol
+
+from block.wire.openai import ChatMessage
+
+# Tokenizing costs ~0.3 µs a character on the caller's thread; longer texts go to a worker
+# thread (encode_batch releases the GIL) so the event loop keeps streaming meanwhile.
+OFFLOAD_CHARS = 8192
+
+FILLER_PASSAGE = (
+    " The river bends twice before it reaches the old mill, and the miller keeps a ledger of"
+    " every boat that passes. In spring the water rises over the lower steps; in autumn the"
+    " wheel turns slowly and the village brings its grain. Travellers ask about the bridge,"
+    " which was rebuilt after a flood, and the miller tells them the stones came from the"
+    " quarry on the hill. Children count the ducks, fishermen mend their nets on the bank, and"
+    " in the evening the lamps of the inn are reflected in the still water."
+)
+
+
+class _Encoding(Protocol):
+    ids: list[int]
+
+
+class _Tokenizer(Protocol):
+    def encode(self, text: str, add_special_tokens: bool = True) -> _Encoding: ...
+
+    def encode_batch(
+        self, texts: list[str], add_special_tokens: bool = True
+    ) -> list[_Encoding]: ...
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str: ...
+
+
+class Tokens:
+    """Counts prompt tokens and produces filler tokens; thread-safe (the tokenizer is)."""
+
+    BOS = 1  # <|begin_of_text|>, prepended by the engine to every prompt
+
+    def __init__(self, tokenizer: _Tokenizer) -> None:
+        self._tok = tokenizer
+        ids = tokenizer.encode(FILLER_PASSAGE, add_special_tokens=False).ids
+        self.filler: list[str] = [tokenizer.decode([i]) for i in ids]
+
+    @classmethod
+    def llama3(cls) -> Tokens:
+        from block.simulator.workloads import llama3_tokenizer
+
+        tok: _Tokenizer = llama3_tokenizer()  # type: ignore[assignment]
+        return cls(tok)
+
+    # ------------------------------------------------------------------ prompts
+    @staticmethod
+    def chat_text(messages: list[ChatMessage]) -> str:
+        """The Llama-3 chat template, ending with the assistant's header."""
+        parts = ["<|begin_of_text|>"]
+        for m in messages:
+            parts.append(f"<|start_header_id|>{m.role}<|end_header_id|>\n\n{m.text()}<|eot_id|>")
+        parts.append("<|start_header_id|>assistant<|end_header_id|>\n\n")
+        return "".join(parts)
+
+    def count_text(self, text: str) -> int:
+        return len(self._tok.encode(text, add_special_tokens=False).ids)
+
+    async def count_text_async(self, text: str) -> int:
+        if len(text) < OFFLOAD_CHARS:
+            return self.count_text(text)
+        loop = asyncio.get_running_loop()
+        enc = await loop.run_in_executor(
+            None, lambda: self._tok.encode_batch([text], add_special_tokens=False)
+        )
+        return len(enc[0].ids)
+
+    async def completion_prompt(self, prompt: str | list[int]) -> int:
+        if isinstance(prompt, list):
+            return len(prompt)
+        return self.BOS + await self.count_text_async(prompt)
+
+    async def chat_prompt(self, messages: list[ChatMessage]) -> int:
+        return await self.count_text_async(self.chat_text(messages))
+
+    # ------------------------------------------------------------------ output
+    def piece(self, index: int) -> str:
+        """Text of the response's `index`-th token."""
+        return self.filler[index % len(self.filler)]
+
+    def text(self, start: int, count: int) -> str:
+        return "".join(self.piece(i) for i in range(start, start + count))

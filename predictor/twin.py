@@ -1,0 +1,301 @@
+"""The live twin: a simulator replica that follows the engine's queue as the sidecar sees it.
+
+Fed by what passes through the proxy: an arrival is submitted with its assumed length (the
+gateway's estimate, or the request's own limit when `ignore_eos` fixes it, or the prior); each
+streamed token is counted; a completion or a cancellation removes the request. Between events
+the replica runs on its own model of the engine, and is corrected where reality disagrees:
+
+- the twin finished a request the engine is still producing: the request is put back at the
+  progress the engine reported; if it has outrun its assumed length, its new length is
+  `l + E[L - l | L > l]` from the length distribution (never a constant);
+- at most every `sync_interval_s`, each streamed request whose progress in the twin differs
+  from the tokens actually streamed is reset to the truth (`abort` + `resume`).
+
+Predictions fork the replica (`predict_one_more`); the parent is never touched.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from block.errors import InvalidRequest
+from block.predictor.lengths import LengthDistribution
+from block.simulator.latency import LatencyModel
+from block.simulator.prediction import Prediction, predict_one_more
+from block.simulator.replica import Replica, ReplicaConfig
+from block.simulator.requests import Request
+
+# Tokens of disagreement tolerated before a resync: streaming delivers a step's tokens a little
+# after the step ends, so a difference of one is normal.
+SYNC_TOLERANCE = 1
+
+
+@dataclass(slots=True)
+class Tracked:
+    """One in-flight request, as the sidecar knows it."""
+
+    rid: int
+    arrival_s: float
+    prompt_tokens: int
+    cap: int  # most tokens it may produce (max_tokens, the context left)
+    output_tokens: int  # the length the twin assumes now
+    exact: bool  # the length is known (ignore_eos with max_tokens)
+    streaming: bool  # tokens are observed one by one
+    predicted: Prediction | None = None  # what the twin predicted at arrival
+    streamed: int = 0
+    first_token_s: float | None = None
+    extended: int = 0
+    done: bool = field(default=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """A completed request: predicted at arrival vs what happened (seconds)."""
+
+    predicted: Prediction | None
+    ttft_s: float | None  # None when not streamed
+    e2e_s: float
+    output_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class TwinLoad:
+    num_running: int
+    num_waiting: int
+    used_blocks: int
+    num_blocks: int
+    block_size: int
+    waiting_prefill_tokens: int
+
+    @property
+    def kv_used_ratio(self) -> float:
+        return self.used_blocks / self.num_blocks if self.num_blocks else 0.0
+
+
+Clock = Callable[[], float]
+
+
+class LiveTwin:
+    """The replica plus what the proxy knows about each request; single-threaded (one loop)."""
+
+    def __init__(
+        self,
+        latency: LatencyModel,
+        config: ReplicaConfig,
+        lengths: LengthDistribution,
+        sync_interval_s: float = 0.05,
+        prior_output_tokens: int | None = None,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.replica = Replica(latency, config)
+        self.lengths = lengths
+        self.sync_interval_s = sync_interval_s
+        self.prior_output_tokens = prior_output_tokens
+        self._clock = clock
+        self._t0 = clock()
+        self.requests: dict[int, Tracked] = {}
+        self._next_rid = 0
+        self._last_sync = -math.inf
+        self.last_heard_s = -math.inf  # when the engine last sent anything
+        self.num_extensions = 0
+        self.num_resyncs = 0
+
+    # ------------------------------------------------------------------ clock
+    def now(self) -> float:
+        return self._clock() - self._t0
+
+    def heard(self) -> None:
+        self.last_heard_s = self.now()
+
+    def state_age_s(self) -> float:
+        return max(0.0, self.now() - self.last_heard_s)
+
+    def reconfigure(self, config: ReplicaConfig) -> bool:
+        """Adopt the engine's real settings (e.g. its KV blocks); only while nothing is in
+        flight, so no request's state is lost. True if it changed."""
+        if self.requests or config == self.replica.config:
+            return False
+        self.replica = Replica(self.replica.latency, config)
+        return True
+
+    # ------------------------------------------------------------------ lengths
+    @property
+    def max_model_len(self) -> int:
+        return self.replica.max_model_len
+
+    def assume(
+        self, prompt_tokens: int, max_tokens: int | None, estimate: int | None, exact: bool
+    ) -> tuple[int, int]:
+        """(assumed output tokens, cap) for a new request."""
+        room = max(1, self.max_model_len - prompt_tokens)
+        cap = min(max_tokens, room) if max_tokens else room
+        if exact:
+            return cap, cap
+        if estimate is not None:
+            return max(1, min(estimate, cap)), cap
+        prior = self.prior_output_tokens or self.lengths.expected(cap)
+        return max(1, min(prior, cap)), cap
+
+    def _longer(self, t: Tracked, generated: int) -> int:
+        """The total length of a request that has produced `generated` and is not done."""
+        if t.exact:
+            return max(t.output_tokens, generated + 1)
+        if generated < t.output_tokens:
+            return t.output_tokens
+        return generated + self.lengths.remaining(generated, max(t.cap, generated + 1))
+
+    # ------------------------------------------------------------------ events
+    def arrive(
+        self,
+        prompt_tokens: int,
+        output_tokens: int,
+        cap: int,
+        exact: bool,
+        streaming: bool,
+        predict: bool = True,
+    ) -> Tracked | None:
+        """A request goes to the engine now. None when the twin cannot hold it (too long for
+        the context or the KV cache): the engine will answer for itself."""
+        now = self.now()
+        self.settle(now)
+        rid = self._next_rid
+        self._next_rid += 1
+        req = Request(rid, now, prompt_tokens, output_tokens)
+        try:
+            self.replica.validate(req)
+        except InvalidRequest:
+            return None
+        t = Tracked(rid, now, prompt_tokens, cap, output_tokens, exact, streaming)
+        if predict:
+            t.predicted = predict_one_more(self.replica, prompt_tokens, output_tokens, now)
+        self.replica.submit(req, now)
+        self.requests[rid] = t
+        return t
+
+    def token(self, t: Tracked, count: int = 1) -> None:
+        now = self.now()
+        if t.first_token_s is None:
+            t.first_token_s = now
+        t.streamed += count
+        self.last_heard_s = now
+
+    def finish(self, t: Tracked, completion_tokens: int | None = None) -> Outcome:
+        """The engine finished the request; it leaves the twin."""
+        now = self.now()
+        self.last_heard_s = now
+        self._remove(t, now)
+        ttft = None if t.first_token_s is None or not t.streaming else t.first_token_s - t.arrival_s
+        produced = completion_tokens if completion_tokens is not None else t.streamed
+        return Outcome(t.predicted, ttft, now - t.arrival_s, produced)
+
+    def cancel(self, t: Tracked) -> None:
+        """The request failed or its client left; it leaves the twin."""
+        self._remove(t, self.now())
+
+    def _remove(self, t: Tracked, now: float) -> None:
+        if t.done:
+            return
+        t.done = True
+        self.requests.pop(t.rid, None)
+        self.replica.abort(t.rid, now)
+        self._forget(t.rid)
+
+    def _forget(self, rid: int) -> None:
+        rec = self.replica.recorder
+        for d in (rec.arrival, rec.scheduled, rec.first_token, rec.finished, rec.preemptions):
+            d.pop(rid, None)
+
+    # ------------------------------------------------------------------ corrections
+    def settle(self, now: float | None = None) -> None:
+        """Bring the twin to `now` and apply the corrections due."""
+        if now is None:
+            now = self.now()
+        r = self.replica
+        r.advance_to(now)
+        if r.recorder.finished:
+            self._outran(now)
+        if now - self._last_sync >= self.sync_interval_s:
+            self._last_sync = now
+            self._sync(now)
+
+    def _outran(self, now: float) -> None:
+        """Requests the twin finished but the engine has not: put them back."""
+        finished = self.replica.recorder.finished
+        rids = list(finished)
+        finished.clear()
+        for rid in rids:
+            t = self.requests.get(rid)
+            if t is None:
+                continue
+            # Not streamed: nothing observed, so trust the twin's count (the assumption).
+            generated = t.streamed if t.streaming else t.output_tokens
+            total = self._longer(t, generated)
+            if total > t.output_tokens:
+                t.extended += 1
+                self.num_extensions += 1
+            self._put_back(t, generated, total, now)
+
+    def _put_back(self, t: Tracked, generated: int, total: int, now: float) -> None:
+        t.output_tokens = total
+        req = Request(t.rid, t.arrival_s, t.prompt_tokens, total)
+        r = self.replica
+        r.abort(t.rid, now)
+        try:
+            if generated >= 1:
+                r.resume(req, generated, now)
+            else:  # no token yet: it is still queued or prefilling in the engine
+                r.submit(req, now)
+        except InvalidRequest:
+            # The corrected length no longer fits the context: it cannot go on much longer.
+            self.requests.pop(t.rid, None)
+            t.done = True
+        self._forget_times(t.rid)
+
+    def _forget_times(self, rid: int) -> None:
+        # A resumed request's records restart; only `finished` matters (the outbox).
+        self.replica.recorder.finished.pop(rid, None)
+
+    def _sync(self, now: float) -> None:
+        """Reset the twin's progress of streamed requests to the tokens seen."""
+        r = self.replica
+        r.interrupt(now)
+        for t in list(self.requests.values()):
+            if not t.streaming or t.streamed == 0:
+                continue
+            p = r.progress(t.rid)
+            if p is None or abs(p - t.streamed) <= SYNC_TOLERANCE:
+                continue
+            self.num_resyncs += 1
+            total = self._longer(t, t.streamed)
+            if total > t.output_tokens:
+                t.extended += 1
+                self.num_extensions += 1
+            self._put_back(t, t.streamed, total, now)
+
+    # ------------------------------------------------------------------ queries
+    def predict(self, candidates: list[tuple[int, int]], impact: bool = False) -> list[Prediction]:
+        """Predicted latencies of each candidate (prompt, output) if it arrived now."""
+        now = self.now()
+        self.settle(now)
+        out = []
+        for i, (prompt, output) in enumerate(candidates):
+            try:
+                self.replica.validate(Request(-1, now, prompt, output))
+            except InvalidRequest as e:
+                raise InvalidRequest(f"candidates.{i}: {e.detail}") from e
+            out.append(predict_one_more(self.replica, prompt, output, now, impact=impact))
+        return out
+
+    def load(self) -> TwinLoad:
+        r = self.replica
+        return TwinLoad(
+            r.num_running,
+            r.num_waiting,
+            r.used_blocks,
+            r.num_blocks,
+            r.config.block_size,
+            r.waiting_prefill_tokens(),
+        )
