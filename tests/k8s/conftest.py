@@ -667,7 +667,7 @@ def blockcluster_crd(api: Api) -> dict[str, Any]:
 
     def established() -> bool:
         got = api.get(object_path(crd)) or {}
-        conditions = got.get("status", {}).get("conditions", [])
+        conditions = (got.get("status") or {}).get("conditions") or []
         return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
 
     wait_for("the BlockCluster CRD to be established", established, 30)

@@ -1,0 +1,341 @@
+"""The `BlockCluster` CustomResourceDefinition: OpenAPI schema, CEL rules, columns, scale.
+
+The chart (`charts/block/crds/`) and `manifests/crds/` ship the YAML this module renders
+(`block operator crd` prints it; a test keeps the copies equal). Rules that span fields, or whose
+default message would puzzle a user, are CEL rules with their own message; single-field bounds
+stay plain OpenAPI so `kubectl explain` shows them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from block.operator.blockcluster import specs
+
+RawSchema = dict[str, Any]
+
+
+def _string(description: str, **extra: Any) -> RawSchema:
+    return {"type": "string", "description": description, **extra}
+
+
+def _integer(description: str, default: int, minimum: int, maximum: int) -> RawSchema:
+    return {
+        "type": "integer",
+        "format": "int32",
+        "description": description,
+        "default": default,
+        "minimum": minimum,
+        "maximum": maximum,
+    }
+
+
+def _positive_seconds(description: str) -> RawSchema:
+    return {
+        "type": "number",
+        "description": description,
+        "x-kubernetes-validations": [
+            {"rule": "self > 0.0", "message": "must be a positive number of seconds"}
+        ],
+    }
+
+
+def _args(description: str) -> RawSchema:
+    return {
+        "type": "array",
+        "description": description,
+        "maxItems": specs.MAX_ARGS,
+        "items": {"type": "string", "maxLength": specs.MAX_ARG_LENGTH},
+        "default": [],
+    }
+
+
+def _quantities() -> RawSchema:
+    return {
+        "type": "object",
+        "additionalProperties": {
+            "anyOf": [{"type": "integer"}, {"type": "string"}],
+            "x-kubernetes-int-or-string": True,
+        },
+    }
+
+
+def _resources(description: str) -> RawSchema:
+    return {
+        "type": "object",
+        "description": description,
+        "default": {},
+        "properties": {"requests": _quantities(), "limits": _quantities()},
+    }
+
+
+def _image(description: str) -> RawSchema:
+    return _string(description, minLength=1, maxLength=512)
+
+
+def spec_schema() -> RawSchema:
+    policies = ", ".join(specs.POLICIES)
+    policy_list = ", ".join(f"'{p}'" for p in specs.POLICIES)
+    # Required, with no default: the default kind (vllm) needs an image only the user can name.
+    engine = {
+        "type": "object",
+        "description": "The inference engine of each replica.",
+        "properties": {
+            "kind": {
+                "type": "string",
+                "description": "vllm (stock vLLM, needs GPUs) or twin (Block's simulated engine).",
+                "enum": list(specs.ENGINE_KINDS),
+                "default": "vllm",
+            },
+            "image": _image("Engine image; required for vllm, Block's image for the twin."),
+            "gpu": _string(
+                "GPU type of the nodes (a100, h100): picks the latency profile.",
+                default="h100",
+                minLength=1,
+                maxLength=64,
+            ),
+            "tensorParallel": {
+                "type": "integer",
+                "format": "int32",
+                "description": "GPUs per replica (tensor-parallel size).",
+                "default": 1,
+                "x-kubernetes-validations": [
+                    {
+                        "rule": "self in [1, 2, 4, 8]",
+                        "message": "tensorParallel must be 1, 2, 4 or 8",
+                    }
+                ],
+            },
+            "args": _args("Extra engine arguments, appended after Block's."),
+            "env": {
+                "type": "array",
+                "description": "Extra environment variables of the engine container.",
+                "default": [],
+                "maxItems": 64,
+                "items": {
+                    "type": "object",
+                    "required": ["name"],
+                    "properties": {
+                        "name": _string("Variable name.", minLength=1, maxLength=256),
+                        "value": _string("Variable value.", default=""),
+                    },
+                },
+            },
+            "resources": _resources("Engine container resources (GPUs are added for vllm)."),
+            "nodeSelector": {
+                "type": "object",
+                "description": "Node labels the engine pods must match.",
+                "default": {},
+                "additionalProperties": {"type": "string"},
+            },
+            "tolerations": {
+                "type": "array",
+                "description": "Tolerations of the engine pods, as in a Pod spec.",
+                "default": [],
+                "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+            },
+        },
+        "x-kubernetes-validations": [
+            {
+                "rule": "self.kind != 'vllm' || has(self.image)",
+                "message": "engine.image is required when engine.kind is vllm "
+                "(for example vllm/vllm-openai:<version>)",
+            }
+        ],
+    }
+    return {
+        "type": "object",
+        "description": "A model served by engine replicas, each with a predictor sidecar, "
+        "behind a gateway that routes by predicted latency.",
+        "required": ["model", "engine"],
+        "properties": {
+            "model": _string(
+                "Model to serve (Hugging Face name), e.g. meta-llama/Llama-3.1-8B-Instruct.",
+                maxLength=256,
+                **{
+                    "x-kubernetes-validations": [
+                        {
+                            "rule": "size(self) > 0",
+                            "message": "model must name the model to serve, "
+                            "e.g. meta-llama/Llama-3.1-8B-Instruct",
+                        }
+                    ]
+                },
+            ),
+            "engine": engine,
+            "predictor": {
+                "type": "object",
+                "description": "The predictor sidecar beside each engine.",
+                "default": {},
+                "properties": {
+                    "image": _image("Predictor image (default: the operator's Block image)."),
+                    "args": _args("Extra predictor arguments."),
+                    "resources": _resources("Predictor container resources."),
+                },
+            },
+            "scheduler": {
+                "type": "object",
+                "description": "The gateway that routes requests across replicas.",
+                "default": {},
+                "properties": {
+                    "policy": {
+                        "type": "string",
+                        "description": f"Routing policy: one of {policies}.",
+                        "default": "block",
+                        "x-kubernetes-validations": [
+                            {
+                                "rule": f"self in [{policy_list}]",
+                                "message": f"scheduler.policy must be one of: {policies}",
+                            }
+                        ],
+                    },
+                    "replicas": _integer("Gateway replicas.", 1, 1, 100),
+                    "image": _image("Gateway image (default: the operator's Block image)."),
+                    "args": _args("Extra gateway arguments."),
+                    "resources": _resources("Gateway container resources."),
+                },
+            },
+            "replicas": _integer(
+                "Engine replicas now (kubectl scale and the autoscaler set it).", 1, 0, 1000
+            ),
+            "minReplicas": _integer("Fewest engine replicas.", 1, 0, 1000),
+            "maxReplicas": _integer("Most engine replicas.", 8, 1, 1000),
+            "slo": {
+                "type": "object",
+                "description": "Latency objectives for routing and autoscaling.",
+                "default": {},
+                "properties": {
+                    "ttftSeconds": _positive_seconds("Time-to-first-token objective (p99), s."),
+                    "e2eSeconds": _positive_seconds("End-to-end latency objective (p99), s."),
+                },
+            },
+            "autoscaling": {
+                "type": "object",
+                "description": "Auto-provisioning from predicted load.",
+                "default": {},
+                "properties": {
+                    "enabled": {"type": "boolean", "default": False},
+                    "windowSeconds": _integer("Look-ahead window, s.", 300, 10, 86400),
+                    "cooldownSeconds": _integer("Wait before scaling down, s.", 600, 0, 86400),
+                },
+            },
+        },
+        "x-kubernetes-validations": [
+            # Static messages: a messageExpression that formats the numbers costs more than the
+            # apiserver's CEL budget allows (string building is costed at the request size).
+            {
+                "rule": "self.minReplicas <= self.maxReplicas",
+                "message": "minReplicas must not exceed maxReplicas",
+                "reason": "FieldValueInvalid",
+                "fieldPath": ".minReplicas",
+            },
+            {
+                "rule": "self.replicas >= self.minReplicas && self.replicas <= self.maxReplicas",
+                "message": "replicas must lie between minReplicas and maxReplicas "
+                "(scale within them, or change them first)",
+                "reason": "FieldValueInvalid",
+                "fieldPath": ".replicas",
+            },
+        ],
+    }
+
+
+def status_schema() -> RawSchema:
+    condition = {
+        "type": "object",
+        "required": ["type", "status", "reason"],
+        "properties": {
+            "type": _string("Ready, Progressing or Degraded."),
+            "status": _string("True, False or Unknown.", enum=["True", "False", "Unknown"]),
+            "reason": _string("One CamelCase word."),
+            "message": _string("What a person should know."),
+            "observedGeneration": {"type": "integer", "format": "int64"},
+            "lastTransitionTime": _string("When status last changed.", format="date-time"),
+        },
+    }
+    count = {"type": "integer", "format": "int32"}
+    return {
+        "type": "object",
+        "properties": {
+            "observedGeneration": {"type": "integer", "format": "int64"},
+            "replicas": {**count, "description": "Engine pods that exist."},
+            "readyReplicas": {**count, "description": "Engine pods that are ready."},
+            "updatedReplicas": {**count, "description": "Engine pods of the current spec."},
+            "schedulerReadyReplicas": {**count, "description": "Gateway pods that are ready."},
+            "selector": _string("Label selector of the engine pods (scale subresource)."),
+            "endpoint": _string("In-cluster URL of the gateway."),
+            "conditions": {
+                "type": "array",
+                "items": condition,
+                "x-kubernetes-list-type": "map",
+                "x-kubernetes-list-map-keys": ["type"],
+            },
+        },
+    }
+
+
+def printer_columns() -> list[dict[str, Any]]:
+    ready = '.status.conditions[?(@.type=="Ready")].status'
+    return [
+        {"name": "Model", "type": "string", "jsonPath": ".spec.model"},
+        {"name": "Engine", "type": "string", "jsonPath": ".spec.engine.kind"},
+        {"name": "Policy", "type": "string", "jsonPath": ".spec.scheduler.policy"},
+        {"name": "Desired", "type": "integer", "jsonPath": ".spec.replicas"},
+        {"name": "Ready", "type": "integer", "jsonPath": ".status.readyReplicas"},
+        {"name": "Available", "type": "string", "jsonPath": ready},
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    ]
+
+
+def crd() -> dict[str, Any]:
+    """The CustomResourceDefinition object, ready to apply."""
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": f"{specs.PLURAL}.{specs.GROUP}",
+            "labels": {"app.kubernetes.io/name": "block", "app.kubernetes.io/part-of": "block"},
+        },
+        "spec": {
+            "group": specs.GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": specs.KIND,
+                "listKind": f"{specs.KIND}List",
+                "plural": specs.PLURAL,
+                "singular": specs.SINGULAR,
+                "shortNames": list(specs.SHORT_NAMES),
+                "categories": ["block"],
+            },
+            "versions": [
+                {
+                    "name": specs.VERSION,
+                    "served": True,
+                    "storage": True,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "description": "BlockCluster: LLM serving routed by predicted latency.",
+                            "required": ["spec"],
+                            "properties": {
+                                "apiVersion": {"type": "string"},
+                                "kind": {"type": "string"},
+                                "metadata": {"type": "object"},
+                                "spec": spec_schema(),
+                                "status": status_schema(),
+                            },
+                        }
+                    },
+                    "subresources": {
+                        "status": {},
+                        "scale": {
+                            "specReplicasPath": ".spec.replicas",
+                            "statusReplicasPath": ".status.replicas",
+                            "labelSelectorPath": ".status.selector",
+                        },
+                    },
+                    "additionalPrinterColumns": printer_columns(),
+                }
+            ],
+        },
+    }

@@ -1,0 +1,186 @@
+"""The engine replicas: a Deployment of engine + predictor-sidecar pods, and their Service.
+
+Each pod runs the engine (stock vLLM, or `block engine`, the simulated twin) on
+`ENGINE_PORT` and `block predictor` on `PREDICTOR_PORT` in front of it. The predictor is in the
+request path, so the Service (which the gateway discovers through its EndpointSlices) targets
+the predictor, never the engine directly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from block.operator.blockcluster import config_objects, meta, specs
+
+COMPONENT = "engine"
+GPU_RESOURCE = "nvidia.com/gpu"
+TWIN_RESOURCES = {"requests": {"cpu": "250m", "memory": "256Mi"}}
+PREDICTOR_RESOURCES = {"requests": {"cpu": "250m", "memory": "256Mi"}}
+# vLLM loads weights before /health answers: allow it half an hour before the kubelet gives up.
+VLLM_STARTUP_PERIOD_S = 10
+VLLM_STARTUP_FAILURES = 180
+# In-flight requests get this long to finish when a pod stops (rollout, scale-down).
+TERMINATION_GRACE_S = 60
+
+
+def engine_argv(cluster: meta.ClusterRef, spec: specs.BlockClusterSpec) -> list[str]:
+    """The engine container's arguments (after the image's entry point for vLLM)."""
+    engine = spec.engine
+    if engine.kind == "vllm":
+        base = [
+            "--model", spec.model,
+            "--host", "0.0.0.0",
+            "--port", str(meta.ENGINE_PORT),
+            "--tensor-parallel-size", str(engine.tensor_parallel),
+        ]  # fmt: skip
+    else:
+        base = [
+            "--host", "0.0.0.0",
+            "--port", str(meta.ENGINE_PORT),
+            "--gpu", engine.gpu,
+            "--model", spec.model,
+            "--tp", str(engine.tensor_parallel),
+        ]  # fmt: skip
+    return [*base, *engine.args]
+
+
+def predictor_argv(cluster: meta.ClusterRef, spec: specs.BlockClusterSpec) -> list[str]:
+    return [
+        "--host", "0.0.0.0",
+        "--port", str(meta.PREDICTOR_PORT),
+        "--engine-url", f"http://127.0.0.1:{meta.ENGINE_PORT}",
+        "--gpu", spec.engine.gpu,
+        "--model", spec.model,
+        "--tp", str(spec.engine.tensor_parallel),
+        *spec.predictor.args,
+    ]  # fmt: skip
+
+
+def _engine_container(
+    cluster: meta.ClusterRef, spec: specs.BlockClusterSpec, settings: meta.RenderSettings
+) -> dict[str, Any]:
+    engine = spec.engine
+    container: dict[str, Any] = {
+        "name": "engine",
+        "ports": [{"name": "engine", "containerPort": meta.ENGINE_PORT, "protocol": "TCP"}],
+        "env": [e.model_dump() for e in engine.env],
+        "readinessProbe": meta.http_probe("/health", "engine", 5, 3),
+        "livenessProbe": meta.http_probe("/health", "engine", 10, 6),
+    }
+    if engine.kind == "vllm":
+        # Only the GPU count is ours; every other resource is the user's to set.
+        gpus = {GPU_RESOURCE: str(engine.tensor_parallel)}
+        container.update(
+            image=engine.image,
+            imagePullPolicy=settings.image_pull_policy,
+            args=engine_argv(cluster, spec),
+            resources=meta.resources(engine.resources, {"limits": gpus, "requests": gpus}),
+            startupProbe=meta.http_probe(
+                "/health", "engine", VLLM_STARTUP_PERIOD_S, VLLM_STARTUP_FAILURES
+            ),
+        )
+    else:
+        container.update(
+            image=engine.image or settings.block_image,
+            imagePullPolicy=settings.image_pull_policy,
+            command=["block", "engine"],
+            args=engine_argv(cluster, spec),
+            resources=meta.resources(engine.resources, TWIN_RESOURCES),
+            securityContext=meta.restricted_security_context(meta.BLOCK_UID),
+            volumeMounts=[{"name": "tmp", "mountPath": "/tmp"}],
+        )
+    return container
+
+
+def _predictor_container(
+    cluster: meta.ClusterRef, spec: specs.BlockClusterSpec, settings: meta.RenderSettings
+) -> dict[str, Any]:
+    return {
+        "name": "predictor",
+        "image": spec.predictor.image or settings.block_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": ["block", "predictor"],
+        "args": predictor_argv(cluster, spec),
+        "ports": [{"name": "http", "containerPort": meta.PREDICTOR_PORT, "protocol": "TCP"}],
+        "env": config_objects.env(),
+        "resources": meta.resources(spec.predictor.resources, PREDICTOR_RESOURCES),
+        "readinessProbe": meta.http_probe("/readyz", "http", 5, 3),
+        "livenessProbe": meta.http_probe("/healthz", "http", 10, 6),
+        "securityContext": meta.restricted_security_context(meta.BLOCK_UID),
+        "volumeMounts": [config_objects.volume_mount(), {"name": "tmp", "mountPath": "/tmp"}],
+    }
+
+
+def deployment(
+    cluster: meta.ClusterRef,
+    spec: specs.BlockClusterSpec,
+    settings: meta.RenderSettings,
+    config_hash: str,
+) -> dict[str, Any]:
+    selector = meta.selector_labels(cluster, COMPONENT)
+    pod_spec: dict[str, Any] = {
+        # Neither container talks to the Kubernetes API.
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": TERMINATION_GRACE_S,
+        "containers": [
+            _engine_container(cluster, spec, settings),
+            _predictor_container(cluster, spec, settings),
+        ],
+        "volumes": [config_objects.pod_volume(cluster), {"name": "tmp", "emptyDir": {}}],
+        # Spread replicas over nodes where possible: one node failure takes one replica.
+        "affinity": {
+            "podAntiAffinity": {
+                "preferredDuringSchedulingIgnoredDuringExecution": [
+                    {
+                        "weight": 100,
+                        "podAffinityTerm": {
+                            "topologyKey": "kubernetes.io/hostname",
+                            "labelSelector": {"matchLabels": selector},
+                        },
+                    }
+                ]
+            }
+        },
+    }
+    if spec.engine.node_selector:
+        pod_spec["nodeSelector"] = dict(spec.engine.node_selector)
+    if spec.engine.tolerations:
+        pod_spec["tolerations"] = [dict(t) for t in spec.engine.tolerations]
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": meta.metadata(cluster, COMPONENT, COMPONENT),
+        "spec": {
+            "replicas": spec.replicas,
+            "selector": {"matchLabels": selector},
+            "revisionHistoryLimit": 3,
+            # Never fewer serving replicas than asked for during a rollout.
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+            },
+            "template": {
+                "metadata": {
+                    "labels": meta.labels(cluster, COMPONENT),
+                    "annotations": {meta.CONFIG_HASH_ANNOTATION: config_hash},
+                },
+                "spec": pod_spec,
+            },
+        },
+    }
+
+
+def service(cluster: meta.ClusterRef) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": meta.metadata(cluster, COMPONENT, COMPONENT),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": meta.selector_labels(cluster, COMPONENT),
+            "ports": [
+                {"name": "http", "port": meta.SERVICE_PORT, "targetPort": "http", "protocol": "TCP"}
+            ],
+        },
+    }

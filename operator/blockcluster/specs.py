@@ -1,0 +1,172 @@
+"""The `BlockCluster` spec and status as pydantic models (the CRD's schema, seen from Python).
+
+The apiserver validates and defaults objects with the OpenAPI schema and CEL rules in
+`crd_objects`; these models read what it stored. They repeat the same defaults and bounds so
+that rendering from a spec typed here, a test or `block operator render` gives what the
+cluster would run; `tests/unit/operator` checks that the two schemas agree field by field.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+GROUP = "block.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "BlockCluster"
+PLURAL = "blockclusters"
+SINGULAR = "blockcluster"
+SHORT_NAMES = ("bc",)
+
+# Routing policies the scheduler (block.scheduler) implements; the CRD rejects other names.
+POLICIES: tuple[str, ...] = (
+    "block",
+    "block-ttft",
+    "power-of-k",
+    "llumnix",
+    "least-requests",
+    "least-kv",
+    "round-robin",
+    "random",
+)
+ENGINE_KINDS: tuple[str, ...] = ("vllm", "twin")
+TENSOR_PARALLEL_SIZES: tuple[int, ...] = (1, 2, 4, 8)
+MAX_ARGS = 64
+MAX_ARG_LENGTH = 1024
+
+Quantity = int | str  # a Kubernetes resource quantity: 2, "500m", "16Gi"
+
+
+class CrdModel(BaseModel):
+    """Base of CRD models: camelCase on the wire, snake_case in Python, read-only."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, frozen=True, extra="forbid"
+    )
+
+
+class Resources(CrdModel):
+    """A container's resource requests and limits, as in a Pod spec."""
+
+    requests: dict[str, Quantity] = Field(default_factory=dict)
+    limits: dict[str, Quantity] = Field(default_factory=dict)
+
+
+class EnvVar(CrdModel):
+    name: Annotated[str, Field(min_length=1)]
+    value: str = ""
+
+
+Args = Annotated[list[Annotated[str, Field(max_length=MAX_ARG_LENGTH)]], Field(max_length=MAX_ARGS)]
+
+
+class EngineSpec(CrdModel):
+    """The inference engine of each replica: stock vLLM, or Block's engine twin (no GPU)."""
+
+    kind: Literal["vllm", "twin"] = "vllm"
+    # Required for vLLM (the CRD says so); the twin runs in Block's own image when unset.
+    image: str | None = None
+    gpu: Annotated[str, Field(min_length=1)] = "h100"
+    tensor_parallel: Literal[1, 2, 4, 8] = 1
+    args: Args = Field(default_factory=list)
+    env: list[EnvVar] = Field(default_factory=list)
+    resources: Resources = Field(default_factory=Resources)
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    # Untouched Kubernetes tolerations, passed to the Pod spec as they are.
+    tolerations: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class PredictorSpec(CrdModel):
+    """The predictor sidecar beside each engine (Block's image unless overridden)."""
+
+    image: str | None = None
+    args: Args = Field(default_factory=list)
+    resources: Resources = Field(default_factory=Resources)
+
+
+class SchedulerSpec(CrdModel):
+    """The gateway that routes requests across the replicas."""
+
+    policy: str = "block"
+    replicas: Annotated[int, Field(ge=1, le=100)] = 1
+    image: str | None = None
+    args: Args = Field(default_factory=list)
+    resources: Resources = Field(default_factory=Resources)
+
+
+class SloSpec(CrdModel):
+    """Latency objectives, in seconds: SLO-aware routing and the autoscaler aim at them."""
+
+    ttft_seconds: Annotated[float, Field(gt=0)] | None = None
+    # to_camel would spell it e2ESeconds.
+    e2e_seconds: Annotated[float, Field(gt=0)] | None = Field(default=None, alias="e2eSeconds")
+
+
+class AutoscalingSpec(CrdModel):
+    """Auto-provisioning of engine replicas between minReplicas and maxReplicas."""
+
+    enabled: bool = False
+    window_seconds: Annotated[int, Field(ge=10, le=86400)] = 300
+    cooldown_seconds: Annotated[int, Field(ge=0, le=86400)] = 600
+
+
+class BlockClusterSpec(CrdModel):
+    """What a user asks for: a model served by N engine replicas behind one gateway."""
+
+    model: Annotated[str, Field(min_length=1)]
+    engine: EngineSpec
+    predictor: PredictorSpec = Field(default_factory=PredictorSpec)
+    scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
+    # Engine replicas now; the scale subresource (kubectl scale, the autoscaler) writes here.
+    replicas: Annotated[int, Field(ge=0, le=1000)] = 1
+    min_replicas: Annotated[int, Field(ge=0, le=1000)] = 1
+    max_replicas: Annotated[int, Field(ge=1, le=1000)] = 8
+    slo: SloSpec = Field(default_factory=SloSpec)
+    autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec)
+
+    @model_validator(mode="after")
+    def _check_cross_field_rules(self) -> BlockClusterSpec:
+        # The same rules as the CRD's CEL, for specs that never went through an apiserver.
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("minReplicas must not exceed maxReplicas")
+        if not self.min_replicas <= self.replicas <= self.max_replicas:
+            raise ValueError("replicas must lie between minReplicas and maxReplicas")
+        if self.engine.kind == "vllm" and not self.engine.image:
+            raise ValueError("engine.image is required when engine.kind is vllm")
+        if self.scheduler.policy not in POLICIES:
+            raise ValueError(f"scheduler.policy must be one of: {', '.join(POLICIES)}")
+        return self
+
+
+ConditionType = Literal["Ready", "Progressing", "Degraded"]
+ConditionStatus = Literal["True", "False", "Unknown"]
+
+
+class Condition(CrdModel):
+    """One status condition, shaped like metav1.Condition."""
+
+    type: ConditionType
+    status: ConditionStatus
+    reason: str
+    message: str = ""
+    observed_generation: int | None = None
+    last_transition_time: str | None = None
+
+
+class BlockClusterStatus(CrdModel):
+    observed_generation: int | None = None
+    replicas: int = 0
+    ready_replicas: int = 0
+    updated_replicas: int = 0
+    scheduler_ready_replicas: int = 0
+    selector: str = ""
+    endpoint: str = ""
+    conditions: list[Condition] = Field(default_factory=list)
+
+
+def parse_spec(raw: object) -> BlockClusterSpec:
+    """A spec from an object's `.spec` (a dict as the apiserver stored it)."""
+    return BlockClusterSpec.model_validate(raw)

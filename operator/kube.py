@@ -1,0 +1,161 @@
+"""The operator's few Kubernetes calls: server-side apply, get, status and scale patches.
+
+`Kube` is the seam the reconciler depends on; `ClientKube` implements it over the official
+client's `ApiClient` (its transport, authentication and TLS), building request paths from a
+small table of the kinds the operator touches. The official client is synchronous, so calls
+run in worker threads with an explicit timeout each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+from typing import Any, Protocol
+
+from block.errors import UpstreamError
+
+RawObject = dict[str, Any]
+
+# (apiVersion, kind) -> plural resource name. Only what the operator reads or writes.
+PLURALS: dict[tuple[str, str], str] = {
+    ("v1", "ConfigMap"): "configmaps",
+    ("v1", "Service"): "services",
+    ("v1", "ServiceAccount"): "serviceaccounts",
+    ("apps/v1", "Deployment"): "deployments",
+    ("rbac.authorization.k8s.io/v1", "Role"): "roles",
+    ("rbac.authorization.k8s.io/v1", "RoleBinding"): "rolebindings",
+    ("block.dev/v1alpha1", "BlockCluster"): "blockclusters",
+}
+
+APPLY_CONTENT_TYPE = "application/apply-patch+yaml"
+MERGE_PATCH_CONTENT_TYPE = "application/merge-patch+json"
+
+
+class ApiError(UpstreamError):
+    """The apiserver refused a request; `code` is its HTTP status (0: no answer)."""
+
+    def __init__(self, code: int, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+
+    @property
+    def is_client_error(self) -> bool:
+        """The request itself was wrong (retrying the same one will not help)."""
+        return 400 <= self.code < 500 and self.code not in (408, 409, 429)
+
+
+class Kube(Protocol):
+    async def apply(self, obj: RawObject, *, field_manager: str) -> RawObject: ...
+
+    async def get(
+        self, api_version: str, kind: str, namespace: str, name: str
+    ) -> RawObject | None: ...
+
+    async def patch_status(
+        self, api_version: str, kind: str, namespace: str, name: str, status: RawObject
+    ) -> RawObject: ...
+
+    async def scale(
+        self, api_version: str, kind: str, namespace: str, name: str, replicas: int
+    ) -> RawObject: ...
+
+
+def object_path(api_version: str, kind: str, namespace: str, name: str) -> str:
+    try:
+        plural = PLURALS[(api_version, kind)]
+    except KeyError:
+        raise ValueError(f"the operator does not handle {kind} ({api_version})") from None
+    prefix = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+    return f"{prefix}/namespaces/{namespace}/{plural}/{name}"
+
+
+def _error_detail(status: int, data: bytes | None) -> str:
+    try:
+        body = json.loads(data or b"")
+    except ValueError:
+        return f"HTTP {status}: {(data or b'').decode(errors='replace')[:200]}"
+    if isinstance(body, dict) and body.get("message"):
+        return str(body["message"])
+    return f"HTTP {status}"
+
+
+def _present(result: RawObject | None, path: str) -> RawObject:
+    if result is None:  # only a GET maps 404 to None; a PATCH that says 404 raised already
+        raise ApiError(404, f"{path} not found")
+    return result
+
+
+@dataclasses.dataclass
+class ClientKube:
+    """`Kube` over `kubernetes.client.ApiClient` (any configured one: kubeconfig, in-cluster)."""
+
+    api_client: Any
+    timeout_s: float = 30.0
+
+    def _request_sync(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: list[tuple[str, str]] | None = None,
+        body: RawObject | None = None,
+        content_type: str = "application/json",
+    ) -> RawObject | None:
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
+
+        params = self.api_client.param_serialize(
+            method=method,
+            resource_path=path,
+            query_params=query or [],
+            header_params={"Accept": "application/json", "Content-Type": content_type},
+            body=body,
+            auth_settings=["BearerToken"],
+        )
+        try:
+            response = self.api_client.call_api(*params, _request_timeout=self.timeout_s)
+            data = response.read()
+        except (ApiException, HTTPError, OSError) as e:
+            raise ApiError(0, f"{method} {path}: no answer from the apiserver: {e}") from e
+        if response.status == 404 and method == "GET":
+            return None
+        if not 200 <= response.status < 300:
+            raise ApiError(response.status, _error_detail(response.status, data))
+        result: RawObject = json.loads(data)
+        return result
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> RawObject | None:
+        return await asyncio.to_thread(self._request_sync, method, path, **kwargs)
+
+    async def apply(self, obj: RawObject, *, field_manager: str) -> RawObject:
+        meta = obj["metadata"]
+        path = object_path(obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"])
+        # force: the operator owns these fields; a person's edit to them is drift to repair.
+        query = [("fieldManager", field_manager), ("force", "true")]
+        result = await self._request(
+            "PATCH", path, query=query, body=obj, content_type=APPLY_CONTENT_TYPE
+        )
+        return _present(result, path)
+
+    async def get(self, api_version: str, kind: str, namespace: str, name: str) -> RawObject | None:
+        return await self._request("GET", object_path(api_version, kind, namespace, name))
+
+    async def patch_status(
+        self, api_version: str, kind: str, namespace: str, name: str, status: RawObject
+    ) -> RawObject:
+        path = object_path(api_version, kind, namespace, name) + "/status"
+        result = await self._request(
+            "PATCH", path, body={"status": status}, content_type=MERGE_PATCH_CONTENT_TYPE
+        )
+        return _present(result, path)
+
+    async def scale(
+        self, api_version: str, kind: str, namespace: str, name: str, replicas: int
+    ) -> RawObject:
+        path = object_path(api_version, kind, namespace, name) + "/scale"
+        body = {"spec": {"replicas": replicas}}
+        result = await self._request(
+            "PATCH", path, body=body, content_type=MERGE_PATCH_CONTENT_TYPE
+        )
+        return _present(result, path)

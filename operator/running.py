@@ -1,0 +1,84 @@
+"""`block operator run`: wire settings, the Kubernetes client and handlers into kopf, and run.
+
+Nothing is registered at import time: `build_registry` makes a fresh kopf registry for the
+given settings, so two operators (or a test and an operator) never share handlers.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from block.operator import autoscaling, kube
+from block.operator.blockcluster import handlers, meta, reconciling
+from block.operator.settings import OperatorSettings
+
+logger = logging.getLogger(__name__)
+
+
+def api_client() -> Any:
+    """A `kubernetes.client.ApiClient`: in-cluster credentials in a pod, else the kubeconfig."""
+    from kubernetes import client, config
+
+    # The client's loaders carry no type hints.
+    try:
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+    except config.ConfigException:
+        config.load_kube_config()  # type: ignore[no-untyped-call]
+    return client.ApiClient()
+
+
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    """kopf's own settings, applied at start-up."""
+    # Keep kopf's bookkeeping in our annotations: the CRD's structural schema would prune
+    # kopf's default `status.kopf` fields.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="block.dev")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="block.dev", key="last-handled-configuration"
+    )
+    # Events for what a person should see (invalid specs, failures), not every success.
+    settings.posting.level = logging.WARNING
+    # Re-establish watches regularly so a silently dropped connection costs minutes at most.
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+
+
+def build_registry(
+    settings: OperatorSettings,
+    kube_api: kube.Kube,
+    advisor: autoscaling.ReplicaAdvisor | None = None,
+) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+    kopf.on.login(registry=registry)(kopf.login_via_client)
+    kopf.on.startup(registry=registry)(configure)
+    reconciler = reconciling.Reconciler(
+        kube=kube_api,
+        render_settings=meta.RenderSettings(settings.image, settings.image_pull_policy),
+        field_manager=settings.field_manager,
+    )
+    handlers.register(registry, reconciler, settings, advisor)
+    return registry
+
+
+def run(settings: OperatorSettings) -> int:
+    kube_api = kube.ClientKube(api_client(), timeout_s=settings.request_timeout_s)
+    registry = build_registry(settings, kube_api)
+    liveness = None
+    if settings.liveness_port:
+        liveness = f"http://{settings.liveness_host}:{settings.liveness_port}/healthz"
+    logger.info(
+        "block operator watching %s, Block image %s",
+        ", ".join(settings.namespaces) or "all namespaces", settings.image,
+    )  # fmt: skip
+    # Standalone: one operator replica (the chart runs one, with the Recreate strategy), so no
+    # peering objects and no extra CRDs are needed.
+    kopf.run(
+        registry=registry,
+        standalone=True,
+        clusterwide=not settings.namespaces,
+        namespaces=list(settings.namespaces),
+        liveness_endpoint=liveness,
+    )
+    return 0

@@ -1,0 +1,86 @@
+"""Every `block` command line the chart and the renderers run parses with the real CLI, and the
+Dockerfile installs that CLI (the image cannot be built here: no Docker engine)."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from block import cli
+from block.operator.blockcluster import children, meta, specs
+
+REPO = Path(__file__).resolve().parents[3]
+# What Block's image is asked to run; the test below keeps this list equal to what is rendered.
+COMMANDS_USED = {"engine", "predictor", "scheduler", "operator"}
+
+
+def _rendered_command_lines() -> list[list[str]]:
+    lines = []
+    cluster = meta.ClusterRef(name="demo", namespace="ns", uid="u")
+    for engine in ({"kind": "twin", "tensorParallel": 2}, {"kind": "vllm", "image": "v:1"}):
+        spec = specs.BlockClusterSpec.model_validate(
+            {
+                "model": "meta-llama/Llama-2-7b-hf",
+                "engine": engine,
+                "slo": {"ttftSeconds": 1},
+                "scheduler": {"policy": "llumnix"},
+            }
+        )
+        for obj in children.render(cluster, spec, meta.RenderSettings(block_image="block:t")):
+            if obj["kind"] != "Deployment":
+                continue
+            for c in obj["spec"]["template"]["spec"]["containers"]:
+                if c.get("command", [""])[0] == "block":
+                    lines.append([*c["command"], *c.get("args", [])])
+    deployment = yaml.safe_load((REPO / "manifests" / "operator" / "deployment.yaml").read_text())
+    (operator,) = deployment["spec"]["template"]["spec"]["containers"]
+    lines.append([*operator["command"], *operator["args"]])
+    return lines
+
+
+def test_the_list_of_commands_is_what_is_rendered() -> None:
+    assert {line[1] for line in _rendered_command_lines()} == COMMANDS_USED
+
+
+@pytest.mark.parametrize("line", _rendered_command_lines(), ids=lambda line: " ".join(line[:3]))
+def test_rendered_command_line_parses_with_the_block_cli(line: list[str]) -> None:
+    parser = cli.build_parser()
+    try:
+        args = parser.parse_args(line[1:])
+    except SystemExit as e:  # argparse's way of saying "unknown command or flag"
+        raise AssertionError(f"`{' '.join(line)}` does not parse with the block CLI") from e
+    assert callable(getattr(args, "handler", None)), line
+
+
+def _dockerfile() -> str:
+    return (REPO / "Dockerfile").read_text()
+
+
+def test_dockerfile_installs_the_block_command_and_every_component() -> None:
+    pyproject: dict[str, Any] = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert pyproject["project"]["scripts"]["block"] == "block.cli:main"
+    text = _dockerfile()
+    copied = set(re.findall(r"^COPY (\S+)/ \1/$", text, re.MULTILINE))
+    folders = set(pyproject["tool"]["setuptools"]["package-dir"].values())
+    assert folders <= copied, f"the image lacks {sorted(folders - copied)}"
+    assert re.search(r"pip wheel .* \.$", text, re.MULTILINE), "the project is not built"
+    assert "pip install --no-cache-dir /wheels/*.whl" in text
+    assert 'ENTRYPOINT ["block"]' in text
+    # The simulator's latency profiles, where block.simulator.profiles looks for them.
+    assert "COPY --from=profiles / /opt/block/profiles/" in text
+    assert "BLOCK_PROFILES_DIR=/opt/block/profiles" in text
+
+
+def test_dockerfile_is_slim_and_unprivileged() -> None:
+    text = _dockerfile()
+    assert "torch" not in re.sub(r"#.*", "", text)  # only the default dependencies
+    assert "-slim" in text
+    users = re.findall(r"^USER (\S+)", text, re.MULTILINE)
+    assert users and users[-1].split(":")[0] not in ("root", "0")
+    # The same UID the renderers' securityContext (runAsUser) promises.
+    assert f"--uid {meta.BLOCK_UID} " in text and users[-1].startswith(str(meta.BLOCK_UID))
