@@ -335,6 +335,7 @@ class Api:
         body: dict[str, Any] | list[Any] | None = None,
         content_type: str = "application/json",
         query: dict[str, str] | None = None,
+        accept: str = "application/json",
     ) -> dict[str, Any]:
         url = self.server + path
         if query:
@@ -346,7 +347,7 @@ class Api:
             headers={
                 "Authorization": f"Bearer {self._token}",
                 "Content-Type": content_type,
-                "Accept": "application/json",
+                "Accept": accept,
             },
         )
         try:

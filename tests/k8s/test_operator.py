@@ -134,6 +134,15 @@ def test_create_makes_owned_children_and_becomes_ready(
     pods = api.list(f"/api/v1/namespaces/{namespace}/pods", status["selector"])
     assert len(pods) == 2 and all(p["status"]["phase"] == "Running" for p in pods)
 
+    # What `kubectl get blockclusters` prints: the CRD's printer columns, served as a Table.
+    table = api.request(
+        "GET", _clusters(namespace), accept="application/json;as=Table;v=v1;g=meta.k8s.io"
+    )
+    columns = [c["name"] for c in table["columnDefinitions"]]
+    assert columns == ["Name", "Model", "Engine", "Policy", "Desired", "Ready", "Available", "Age"]
+    (row,) = table["rows"]
+    assert row["cells"][:7] == ["demo", MODEL, "twin", "block", 2, 2, "True"]
+
     scale = api.get(f"{path}/scale")
     assert scale is not None
     assert (scale["spec"]["replicas"], scale["status"]["selector"]) == (2, status["selector"])
