@@ -12,7 +12,7 @@ from typing import Any
 import kopf
 
 from block.operator import autoscaling, kube
-from block.operator.blockcluster import handlers, meta, reconciling
+from block.operator.blockcluster import children, handlers, meta, reconciling
 from block.operator.settings import OperatorSettings
 
 logger = logging.getLogger(__name__)
@@ -40,6 +40,11 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     )
     # Events for what a person should see (invalid specs, failures), not every success.
     settings.posting.level = logging.WARNING
+    # Watch only the operator's own children, filtered by the apiserver: a cluster's thousands
+    # of ConfigMaps and Services are none of its business.
+    for api_version, kind in children.CHILD_KINDS:
+        selector = f"{meta.MANAGED_BY_LABEL}={meta.MANAGED_BY},{meta.CLUSTER_LABEL}"
+        settings.watching.label_selectors[api_version, kube.PLURALS[(api_version, kind)]] = selector
     # Re-establish watches regularly so a silently dropped connection costs minutes at most.
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
