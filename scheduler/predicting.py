@@ -14,17 +14,16 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import aiohttp
 import pydantic
 
 from block.scheduler.metrics import SchedulerMetrics
+from block.scheduler.predictconn import PredictorHttpError, PredictorPool
 from block.scheduler.replicas import Replica
 from block.scheduler.settings import SchedulerSettings
 from block.simulator.prediction import Prediction
 from block.wire.predict import LoadFigures, PredictResponse
 
 logger = logging.getLogger(__name__)
-_JSON = {"Content-Type": "application/json"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,18 +34,12 @@ class Answer:
 
 
 class PredictorClient:
-    """Asks `/v1/predict` of replicas' sidecars over one shared `ClientSession`."""
+    """Asks `/v1/predict` of replicas' sidecars, over keep-alive connection pools."""
 
-    def __init__(
-        self,
-        session: aiohttp.ClientSession,
-        settings: SchedulerSettings,
-        metrics: SchedulerMetrics,
-    ) -> None:
-        self._session = session
+    def __init__(self, settings: SchedulerSettings, metrics: SchedulerMetrics) -> None:
         self._settings = settings
         self._metrics = metrics
-        self._timeout = aiohttp.ClientTimeout(total=settings.predict_timeout_s)
+        self._pools: dict[str, PredictorPool] = {}
         self._background: set[asyncio.Task[Answer | None]] = set()
 
     async def ask(
@@ -88,16 +81,32 @@ class PredictorClient:
                 answers.append(answer)
         return answers
 
+    def _pool(self, replica: Replica) -> PredictorPool:
+        pool = self._pools.get(replica.url)
+        if pool is None:
+            pool = PredictorPool(replica.url, self._settings.connect_timeout_s)
+            self._pools[replica.url] = pool
+        return pool
+
+    def prune(self, keep: set[str]) -> None:
+        """Close the connections of predictors no longer among `keep` (replica URLs)."""
+        for url in [u for u in self._pools if u not in keep]:
+            self._pools.pop(url).close()
+
     async def _one(self, replica: Replica, body: bytes, sent_at: float) -> Answer | None:
         try:
-            async with self._session.post(
-                replica.url + "/v1/predict", data=body, headers=_JSON, timeout=self._timeout
-            ) as resp:
-                raw = await resp.read()
-                if resp.status != 200:
-                    raise _BadAnswer(f"HTTP {resp.status}")
+            async with asyncio.timeout(self._settings.predict_timeout_s):
+                status, raw = await self._pool(replica).post(body)
+            if status != 200:
+                raise _BadAnswer(f"HTTP {status}")
             answer = PredictResponse.model_validate_json(raw)
-        except (aiohttp.ClientError, TimeoutError, pydantic.ValidationError, _BadAnswer) as e:
+        except (
+            PredictorHttpError,
+            OSError,
+            TimeoutError,
+            pydantic.ValidationError,
+            _BadAnswer,
+        ) as e:
             loop = asyncio.get_running_loop()
             self._metrics.predictor_errors.labels(replica.name).inc()
             replica.note_predictor_failure(
@@ -122,6 +131,7 @@ class PredictorClient:
             t.cancel()
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
+        self.prune(set())
 
 
 class _BadAnswer(Exception):

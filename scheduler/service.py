@@ -34,7 +34,7 @@ from block.scheduler.lengths import Estimator, LengthSource
 from block.scheduler.metrics import SchedulerMetrics
 from block.scheduler.predicting import PredictorClient
 from block.scheduler.proxying import Proxy
-from block.scheduler.replicas import ReplicaSet
+from block.scheduler.replicas import Endpoint, ReplicaSet
 from block.scheduler.routing import Router, check_policies
 from block.scheduler.settings import SchedulerSettings, cluster_defaults
 from block.simulator.policies import RouteRequest
@@ -258,7 +258,7 @@ def create_app(
             auto_decompress=False,
         )
         pool = ThreadPoolExecutor(settings.estimator_workers, thread_name_prefix="estimator")
-        predictor = PredictorClient(session, settings, metrics)
+        predictor = PredictorClient(settings, metrics)
         rng = random.Random(settings.seed)
         router = Router(settings, replicas, predictor, metrics, rng)
         gw = Gateway(
@@ -276,7 +276,12 @@ def create_app(
         app[GATEWAY] = gw
         prober: asyncio.Task[None] | None = None
         try:
-            await disc.start(replicas.update)
+
+            def on_change(endpoints: list[Endpoint]) -> None:
+                replicas.update(endpoints)
+                predictor.prune({r.url for r in replicas.all()})
+
+            await disc.start(on_change)
             if settings.health_interval_s > 0:
                 prober = asyncio.create_task(
                     health.probe_forever(session, replicas, settings.health_interval_s)

@@ -1,0 +1,358 @@
+"""Gateway overhead on loopback: added latency and max req/s, vs straight-to-replica and nginx.
+
+    .venv/bin/python bench/gateway_overhead.py [--rounds 3] [--seconds 5] [--json out.json]
+
+Needs `nginx` and `wrk` (Debian packages). What runs, all on 127.0.0.1:
+
+* 8 replicas: one nginx (its own process, pinned to the load generator's core) answering
+  `/v1/completions` with a fixed completion body and `/v1/predict` with a fixed
+  `block.wire.predict.PredictResponse`, so the replica side costs next to nothing and every
+  microsecond measured is the proxy's;
+* targets, each pinned to core 0 ("one core"): the replicas directly (the baseline); nginx
+  as a plain round-robin proxy over the 8 (keep-alive upstreams: the proxy-overhead floor);
+  `block scheduler` with `round-robin` (no fan-out), `block-k2` (fan-out to 2 predictors) and
+  `block` (fan-out to all 8);
+* wrk (pinned to core 1) drives each target in turn, round after round, so drift on a shared
+  machine hits all targets alike: `-c1` for latency (p50/p99 of sequential requests; added
+  latency = target minus direct), `-c64` for throughput (max req/s).
+
+Decision latency (policy `block`, fan-out to 8 predictors) is measured in-process too: the
+gateway's `Router.decide` timed with `perf_counter` against the same 8 predictors, 2000
+decisions one after another, plus the `block_scheduler_decision_seconds` histogram of the
+loaded gateway.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+REPLICAS = 8
+BODY = '{"model":"m","prompt":"Tell me about the sea, in a few words.","max_tokens":16}'
+COMPLETION = json.dumps(
+    {
+        "id": "cmpl-bench",
+        "object": "text_completion",
+        "created": 0,
+        "model": "m",
+        "choices": [{"index": 0, "text": " The sea is wide.", "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+    }
+)
+PREDICTION = json.dumps(
+    {
+        "queue_s": 0.0,
+        "ttft_s": 0.02,
+        "e2e_s": 0.4,
+        "predictions": [{"queue_s": 0.0, "ttft_s": 0.02, "e2e_s": 0.4}],
+        "load": {
+            "num_running": 4,
+            "num_waiting": 0,
+            "kv_blocks_used": 100,
+            "kv_blocks_total": 2000,
+            "block_size": 16,
+            "waiting_prefill_tokens": 0,
+        },
+        "state_age_s": 0.01,
+        "model": "m",
+        "compute_s": 0.0002,
+    }
+)
+WRK_LUA = """
+wrk.method = "POST"
+wrk.body = '%s'
+wrk.headers["Content-Type"] = "application/json"
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'RESULT {"requests":%%d,"duration_us":%%d,"errors":%%d,"non2xx":%%d,' ..
+    '"p50_us":%%d,"p90_us":%%d,"p99_us":%%d,"mean_us":%%.1f}\\n',
+    summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout, e.status,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.mean))
+end
+"""
+
+
+def nginx_conf(tmp: Path, servers: str, name: str) -> Path:
+    conf = tmp / f"{name}.conf"
+    conf.write_text(
+        f"""
+daemon off;
+worker_processes 1;
+pid {tmp}/{name}.pid;
+error_log {tmp}/{name}.error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {tmp}/body; proxy_temp_path {tmp}/proxy;
+  fastcgi_temp_path {tmp}/fcgi; uwsgi_temp_path {tmp}/uwsgi; scgi_temp_path {tmp}/scgi;
+  keepalive_requests 1000000;
+  {servers}
+}}
+"""
+    )
+    return conf
+
+
+def replica_servers(ports: list[int]) -> str:
+    out = []
+    for p in ports:
+        out.append(
+            f"""
+  server {{
+    listen 127.0.0.1:{p};
+    default_type application/json;
+    location = /v1/completions {{ return 200 '{COMPLETION}'; }}
+    location = /v1/predict {{ return 200 '{PREDICTION}'; }}
+    location = /readyz {{ return 200 '{{"ready":true}}'; }}
+  }}"""
+        )
+    return "\n".join(out)
+
+
+def proxy_server(port: int, upstreams: list[int]) -> str:
+    servers = "\n".join(f"    server 127.0.0.1:{p};" for p in upstreams)
+    return f"""
+  upstream replicas {{
+{servers}
+    keepalive 128;
+  }}
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{
+      proxy_pass http://replicas;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+    }}
+  }}"""
+
+
+def free_ports(n: int) -> list[int]:
+    import socket
+
+    socks, ports = [], []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+        ports.append(s.getsockname()[1])
+    for s in socks:
+        s.close()
+    return ports
+
+
+def wait_http(url: str, timeout_s: float = 30.0) -> None:
+    end = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > end:
+            raise RuntimeError(f"{url} did not come up")
+        time.sleep(0.1)
+
+
+def wrk(url: str, lua: Path, connections: int, seconds: float, core: int) -> dict[str, Any]:
+    duration = f"-d{max(1, round(seconds))}s"
+    cmd = [
+        "taskset", "-c", str(core), "wrk", "-t1", f"-c{connections}", duration,
+        "--timeout", "5s", "-s", str(lua), url + "/v1/completions",
+    ]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    line = next(ln for ln in out.splitlines() if ln.startswith("RESULT "))
+    result: dict[str, Any] = json.loads(line.removeprefix("RESULT "))
+    result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
+    return result
+
+
+def gateway_cmd(port: int, replicas: list[int], policy: str) -> list[str]:
+    urls = ",".join(f"http://127.0.0.1:{p}" for p in replicas)
+    return [
+        str(Path(sys.executable).parent / "block"), "scheduler", "--port", str(port),
+        "--replicas", urls, "--policy", policy, "--length-source", "prior",
+        "--health-interval-s", "0", "--log-level", "WARNING", "--no-access-log",
+        "--predict-deadline-ms", "5",
+    ]  # fmt: skip
+
+
+def histogram_p(url: str, name: str, q: float) -> float | None:
+    """Quantile `q` of a Prometheus histogram (upper bucket bound that reaches it)."""
+    with urllib.request.urlopen(url + "/metrics", timeout=5) as r:
+        text = r.read().decode()
+    buckets = []
+    for ln in text.splitlines():
+        if ln.startswith(name + "_bucket"):
+            le = ln.split('le="')[1].split('"')[0]
+            buckets.append((float(le), float(ln.rsplit(" ", 1)[1])))
+    if not buckets or buckets[-1][1] == 0:
+        return None
+    total = buckets[-1][1]
+    for le, count in buckets:
+        if count >= q * total:
+            return le
+    return None
+
+
+async def decide_latency(replicas: list[int], n: int, policy: str) -> dict[str, float]:
+    """Time `Router.decide` against the live predictors, one decision after another."""
+    from block.scheduler.metrics import SchedulerMetrics
+    from block.scheduler.predicting import PredictorClient
+    from block.scheduler.replicas import ReplicaSet
+    from block.scheduler.routing import Router
+    from block.scheduler.settings import SchedulerSettings
+    from block.simulator.policies import RouteRequest
+
+    urls = [f"http://127.0.0.1:{p}" for p in replicas]
+    settings = SchedulerSettings(replicas=urls, policy=policy, predict_deadline_s=0.005)
+    metrics = SchedulerMetrics.create()
+    rs = ReplicaSet()
+    from block.scheduler.discovery import static_endpoints
+
+    rs.update(static_endpoints(urls))
+    if True:
+        predictor = PredictorClient(settings, metrics)
+        router = Router(settings, rs, predictor, metrics, random.Random(0))
+        route = RouteRequest(prompt_tokens=12, output_tokens=16)
+        times = []
+        answered = 0
+        for i in range(n + 200):
+            t0 = time.perf_counter()
+            d = await router.decide(route, set())
+            dt = time.perf_counter() - t0
+            d.ticket.release()
+            if i >= 200:  # warm-up: connections opened
+                times.append(dt)
+                answered += d.answered
+        await predictor.close()
+    times.sort()
+    return {
+        "p50_ms": 1e3 * times[len(times) // 2],
+        "p99_ms": 1e3 * times[int(len(times) * 0.99)],
+        "mean_ms": 1e3 * statistics.fmean(times),
+        "answered_ratio": answered / (n * (REPLICAS if policy == "block" else 2)),
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=float, default=5.0, help="per wrk run")
+    ap.add_argument("--connections", type=int, default=64, help="throughput runs")
+    ap.add_argument("--decisions", type=int, default=2000)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    for tool in ("nginx", "wrk", "taskset"):
+        if shutil.which(tool) is None and not Path("/usr/sbin/nginx").exists():
+            print(f"needs {tool} (apt-get install nginx wrk)", file=sys.stderr)
+            return 2
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    procs: list[subprocess.Popen[bytes]] = []
+    tmp = Path(tempfile.mkdtemp(prefix="block-bench-"))
+    try:
+        ports = free_ports(REPLICAS + 5)
+        rep_ports, nginx_port, gw_ports = ports[:REPLICAS], ports[REPLICAS], ports[REPLICAS + 1 :]
+        lua = tmp / "post.lua"
+        lua.write_text(WRK_LUA % BODY)
+        backends = nginx_conf(tmp, replica_servers(rep_ports), "replicas")
+        proxy = nginx_conf(tmp, proxy_server(nginx_port, rep_ports), "proxy")
+        procs.append(subprocess.Popen(["taskset", "-c", "1", nginx, "-c", str(backends),
+                                       "-p", str(tmp)]))  # fmt: skip
+        procs.append(subprocess.Popen(["taskset", "-c", "0", nginx, "-c", str(proxy),
+                                       "-p", str(tmp)]))  # fmt: skip
+        targets = {"direct": f"http://127.0.0.1:{rep_ports[0]}",
+                   "nginx-rr": f"http://127.0.0.1:{nginx_port}"}  # fmt: skip
+        for port, policy in zip(gw_ports, ("round-robin", "block-k2", "block"), strict=False):
+            env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+            cmd = ["taskset", "-c", "0", *gateway_cmd(port, rep_ports, policy)]
+            procs.append(subprocess.Popen(cmd, env=env))
+            targets[f"gateway {policy}"] = f"http://127.0.0.1:{port}"
+        for t, url in targets.items():
+            wait_http(url + ("/healthz" if t.startswith("gateway") else "/readyz"))
+        # Warm up every target (connections, code paths).
+        for url in targets.values():
+            wrk(url, lua, 8, 1, core=1)
+        runs: dict[str, dict[str, list[dict[str, Any]]]] = {
+            t: {"latency": [], "throughput": []} for t in targets
+        }
+        for r in range(args.rounds):
+            order = list(targets)
+            random.Random(r).shuffle(order)
+            for t in order:
+                runs[t]["latency"].append(wrk(targets[t], lua, 1, args.seconds, core=1))
+                runs[t]["throughput"].append(
+                    wrk(targets[t], lua, args.connections, args.seconds, core=1)
+                )
+            print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
+        decision_hist = histogram_p(
+            targets["gateway block"], "block_scheduler_decision_seconds", 0.99
+        )
+        os.sched_setaffinity(0, {0})
+        decide = asyncio.run(decide_latency(rep_ports, args.decisions, "block"))
+        decide_k2 = asyncio.run(decide_latency(rep_ports, args.decisions, "block-k2"))
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    def med(t: str, kind: str, key: str) -> float:
+        return statistics.median(x[key] for x in runs[t][kind])
+
+    report: dict[str, Any] = {"targets": {}, "load_avg": os.getloadavg()}
+    base50, base99 = med("direct", "latency", "p50_us"), med("direct", "latency", "p99_us")
+    print(
+        f"{'target':22} {'p50 µs':>8} {'p99 µs':>8} {'+p50 µs':>8} {'+p99 µs':>8} {'max req/s':>10}"
+    )
+    for t in targets:
+        p50, p99 = med(t, "latency", "p50_us"), med(t, "latency", "p99_us")
+        rps = med(t, "throughput", "rps")
+        errors = sum(
+            x["errors"] + x["non2xx"] for k in ("latency", "throughput") for x in runs[t][k]
+        )
+        report["targets"][t] = {
+            "p50_us": p50, "p99_us": p99, "added_p50_us": p50 - base50,
+            "added_p99_us": p99 - base99, "max_rps": rps, "errors": errors, "runs": runs[t],
+        }  # fmt: skip
+        print(f"{t:22} {p50:8.0f} {p99:8.0f} {p50 - base50:8.0f} {p99 - base99:8.0f} {rps:10.0f}"
+              + (f"  ({errors} errors)" if errors else ""))  # fmt: skip
+    ng = report["targets"]["nginx-rr"]
+    gw = report["targets"]["gateway round-robin"]
+    ratio = gw["added_p99_us"] / max(1.0, ng["added_p99_us"])
+    print(f"added p99, gateway (no fan-out) / nginx: {ratio:.2f}x")
+    print(f"decision latency, block over 8 predictors, in-process: p50 {decide['p50_ms']:.3f} ms, "
+          f"p99 {decide['p99_ms']:.3f} ms (answered {decide['answered_ratio']:.1%})")  # fmt: skip
+    print(f"decision latency, block-k2, in-process: p50 {decide_k2['p50_ms']:.3f} ms, "
+          f"p99 {decide_k2['p99_ms']:.3f} ms")  # fmt: skip
+    print(f"decision latency p99 under load (gateway histogram, bucket bound): {decision_hist} s")
+    report["added_p99_ratio_vs_nginx"] = ratio
+    report["decision_block8_inprocess"] = decide
+    report["decision_blockk2_inprocess"] = decide_k2
+    report["decision_block8_under_load_p99_bucket_s"] = decision_hist
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
