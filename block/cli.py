@@ -17,6 +17,7 @@ from block import __version__
 COMMAND_MODULES: tuple[str, ...] = (
     "block.demo",
     "block.experiments.commands",
+    "block.experiments.bench",
     "block.simulator.commands",
     "block.predictor.commands",
     "block.scheduler.commands",
