@@ -1,0 +1,219 @@
+"""`PredictiveAdvisor`: the operator's side of Block's autoscaler (a `ReplicaAdvisor`).
+
+Each resync tick for a BlockCluster with autoscaling on: read `GET /v1/autoscaling/load` from
+the cluster's gateway (`block.wire.autoscaling.LoadReport`), rebuild approximate replica states
+from the load figures (queued requests sized from the recent mix), and ask the pure
+`block.simulator.autoscaling.decide`. Scale-up is answered at once. Scale-down is a drain:
+
+1. pick the victim (least predicted remaining work), `POST /v1/autoscaling/drain` to the
+   gateway so it stops routing to it, and keep the replica count;
+2. on later ticks, once the victim holds no requests or `drain_timeout_s` has passed, set the
+   pod-deletion-cost annotation on its pod (so the ReplicaSet removes that pod) and only then
+   answer the lower count, which the operator writes through the scale subresource.
+
+Every decision that changes something is posted as an Event with the predicted p99 at each N.
+State per cluster (forecast, drain in progress) lives in the advisor instance, keyed by uid.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, cast
+
+import aiohttp
+
+from block.operator.blockcluster import meta, specs
+from block.simulator import autoscaling
+from block.simulator.latency import LatencyModel
+from block.simulator.replica import Replica, ReplicaConfig
+from block.simulator.requests import Request
+from block.wire.autoscaling import DrainRequest, LoadReport
+
+logger = logging.getLogger(__name__)
+
+DELETION_COST_ANNOTATION = "controller.kubernetes.io/pod-deletion-cost"
+LOAD_PATH = "/v1/autoscaling/load"
+DRAIN_PATH = "/v1/autoscaling/drain"
+
+EventSink = Callable[[meta.ClusterRef, str, str], None]  # (cluster, reason, message)
+Clock = Callable[[], float]
+
+
+class PodAnnotator(Protocol):
+    async def annotate_pod(
+        self, namespace: str, name: str, annotations: dict[str, str]
+    ) -> None: ...
+
+
+@dataclass
+class ClientPodAnnotator:
+    """`PodAnnotator` over the official client (a merge patch of the pod's annotations)."""
+
+    api_client: Any
+    timeout_s: float = 30.0
+
+    async def annotate_pod(self, namespace: str, name: str, annotations: dict[str, str]) -> None:
+        from kubernetes import client
+
+        api = client.CoreV1Api(self.api_client)
+        body = {"metadata": {"annotations": annotations}}
+        await asyncio.to_thread(
+            api.patch_namespaced_pod, name, namespace, body, _request_timeout=self.timeout_s
+        )
+
+
+def kopf_events(cluster: meta.ClusterRef, reason: str, message: str) -> None:
+    import kopf
+
+    body: dict[str, Any] = {"apiVersion": specs.API_VERSION, "kind": specs.KIND,
+            "metadata": {"name": cluster.name, "namespace": cluster.namespace,
+                         "uid": cluster.uid}}  # fmt: skip
+    kopf.event(
+        kopf.Body(cast(kopf.RawBody, body)), type="Normal", reason=reason, message=message[:1000]
+    )
+
+
+@dataclass
+class _Drain:
+    pod: str
+    target: int
+    since: float
+
+
+@dataclass
+class _ClusterState:
+    scaler: autoscaling.ScalerState = field(default_factory=autoscaling.ScalerState)
+    drain: _Drain | None = None
+
+
+def default_gateway_url(cluster: meta.ClusterRef) -> str:
+    host = f"{meta.child_name(cluster, 'scheduler')}.{cluster.namespace}.svc"
+    return f"http://{host}:{meta.SERVICE_PORT}"
+
+
+@dataclass
+class PredictiveAdvisor:
+    session: aiohttp.ClientSession
+    pods: PodAnnotator
+    events: EventSink = kopf_events
+    gateway_url: Callable[[meta.ClusterRef], str] = default_gateway_url
+    latency_for: Callable[[specs.BlockClusterSpec], LatencyModel] | None = None
+    replica_config: ReplicaConfig = field(default_factory=ReplicaConfig)
+    interval_s: float = 60.0  # the operator's resync interval (the control interval)
+    lead_s: float = 180.0  # start-up lead time of an engine replica (weights, warm-up)
+    drain_timeout_s: float = 300.0
+    timeout_s: float = 10.0
+    clock: Clock = time.monotonic
+    _clusters: dict[str, _ClusterState] = field(default_factory=dict)
+
+    async def advise(
+        self,
+        cluster: meta.ClusterRef,
+        spec: specs.BlockClusterSpec,
+        status: specs.BlockClusterStatus,
+    ) -> int | None:
+        state = self._clusters.setdefault(cluster.uid, _ClusterState())
+        base = self.gateway_url(cluster)
+        try:
+            load = await self._load(base)
+        except (TimeoutError, aiohttp.ClientError, ValueError) as e:
+            logger.warning("autoscaler: no load from %s: %s", base, e)
+            return None  # no opinion without data: keep the replicas
+        if state.drain is not None:
+            return await self._continue_drain(cluster, spec, state, load)
+        try:
+            latency = self._latency(spec)
+        except Exception as e:
+            logger.warning("autoscaler: no latency model for %s: %s", spec.model, e)
+            return None
+        cfg = autoscaling.AutoscalerConfig(
+            slo_ttft_s=spec.slo.ttft_seconds or (None if spec.slo.e2e_seconds else 1.0),
+            slo_e2e_s=spec.slo.e2e_seconds,
+            min_replicas=spec.min_replicas,
+            max_replicas=spec.max_replicas,
+            lead_s=self.lead_s,
+            interval_s=self.interval_s,
+            window_s=float(spec.autoscaling.window_seconds),
+            stabilisation_s=float(spec.autoscaling.cooldown_seconds),
+        )
+        now = self.clock()
+        live = [r for r in load.replicas if r.ready and not r.draining]
+        starting = max(0, spec.replicas - len([r for r in load.replicas if not r.draining]))
+        obs = autoscaling.Observation(
+            now_s=now,
+            arrivals=load.arrivals,
+            interarrival_cv=load.interarrival_cv,
+            sizes=[tuple(s) for s in load.sizes],  # type: ignore[misc]
+            replicas=[self._twin(latency, i, r, load, now) for i, r in enumerate(live)],
+            starting_ready_s=[now + self.lead_s] * starting,
+            new_replica=lambda i: Replica(latency, self.replica_config, i),
+        )
+        decision, state.scaler = await asyncio.to_thread(autoscaling.decide, state.scaler, obs, cfg)
+        if decision.replicas == obs.current:
+            return None
+        self.events(cluster, "AutoscalerDecision", decision.explain())
+        if decision.replicas > obs.current or not decision.victims:
+            return decision.replicas
+        victim = min(
+            (live[i] for i in decision.victims),
+            key=lambda r: (r.predicted_drain_seconds or 0.0, r.num_running + r.num_waiting),
+        )
+        await self._post_drain(base, victim.name, True)
+        state.drain = _Drain(victim.name, spec.replicas - 1, self.clock())
+        self.events(cluster, "Draining", f"stopped routing to {victim.name} before removal")
+        return None
+
+    async def _continue_drain(
+        self,
+        cluster: meta.ClusterRef,
+        spec: specs.BlockClusterSpec,
+        state: _ClusterState,
+        load: LoadReport,
+    ) -> int | None:
+        drain = state.drain
+        assert drain is not None
+        figures = next((r for r in load.replicas if r.name == drain.pod), None)
+        waited = self.clock() - drain.since
+        busy = figures is not None and figures.num_running + figures.num_waiting > 0
+        if busy and waited < self.drain_timeout_s:
+            return None  # keep waiting: in-flight requests finish first
+        if figures is not None:
+            await self.pods.annotate_pod(
+                cluster.namespace, drain.pod, {DELETION_COST_ANNOTATION: "-1000"}
+            )
+        state.drain = None
+        how = "drained" if not busy else f"drain bound of {self.drain_timeout_s:.0f}s passed"
+        self.events(cluster, "ScaledDown", f"removing {drain.pod} ({how})")
+        return min(drain.target, spec.replicas)
+
+    def _latency(self, spec: specs.BlockClusterSpec) -> LatencyModel:
+        if self.latency_for is not None:
+            return self.latency_for(spec)
+        return LatencyModel.load(spec.engine.gpu, spec.model, spec.engine.tensor_parallel)
+
+    def _twin(
+        self, latency: LatencyModel, index: int, figures: Any, load: LoadReport, now: float
+    ) -> Replica:
+        """An approximate live state: the replica's queued requests, sized from the mix."""
+        r = Replica(latency, self.replica_config, index)
+        sizes = load.sizes or [(512, 128)]
+        for j in range(figures.num_running + figures.num_waiting):
+            prompt, output = sizes[j % len(sizes)]
+            r.submit(Request(-1_000_000 * (index + 1) - j, now, prompt, output), now)
+        return r
+
+    async def _load(self, base: str) -> LoadReport:
+        timeout = aiohttp.ClientTimeout(total=self.timeout_s)
+        async with self.session.get(base + LOAD_PATH, timeout=timeout) as resp:
+            resp.raise_for_status()
+            return LoadReport.model_validate(await resp.json())
+
+    async def _post_drain(self, base: str, pod: str, draining: bool) -> None:
+        timeout = aiohttp.ClientTimeout(total=self.timeout_s)
+        body = DrainRequest(replica=pod, draining=draining).model_dump()
+        async with self.session.post(base + DRAIN_PATH, json=body, timeout=timeout) as resp:
+            resp.raise_for_status()

@@ -1,0 +1,142 @@
+"""The operator's autoscaler against a real HTTP gateway stand-in serving load figures."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from block.operator import autoscaling as seam
+from block.operator import provisioning
+from block.operator.blockcluster import meta, specs
+from block.simulator.latency import LatencyModel
+from block.simulator.replica import ReplicaConfig
+from block.wire.autoscaling import DrainRequest, LoadReport, ReplicaLoad
+
+SIZES = [(1000, 150), (600, 250), (1500, 80)]
+
+
+class Gateway:
+    def __init__(self) -> None:
+        self.report = LoadReport(interval_seconds=5.0, arrivals=0, sizes=SIZES)
+        self.drained: list[str] = []
+
+    def app(self) -> web.Application:
+        app = web.Application()
+
+        async def load(_: web.Request) -> web.Response:
+            return web.json_response(self.report.model_dump())
+
+        async def drain(req: web.Request) -> web.Response:
+            body = DrainRequest.model_validate(await req.json())
+            self.drained.append(body.replica)
+            return web.json_response({"replica": body.replica, "draining": True})
+
+        app.router.add_get(provisioning.LOAD_PATH, load)
+        app.router.add_post(provisioning.DRAIN_PATH, drain)
+        return app
+
+
+class Pods:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict[str, str]]] = []
+
+    async def annotate_pod(self, namespace: str, name: str, annotations: dict[str, str]) -> None:
+        self.calls.append((name, annotations))
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def spec(replicas: int) -> specs.BlockClusterSpec:
+    return specs.BlockClusterSpec.model_validate({
+        "model": "meta-llama/Llama-2-7b-hf", "engine": {"kind": "twin", "gpu": "a100"},
+        "replicas": replicas, "minReplicas": 1, "maxReplicas": 6,
+        "slo": {"ttftSeconds": 1.0},
+        "autoscaling": {"enabled": True, "windowSeconds": 20, "cooldownSeconds": 10},
+    })  # fmt: skip
+
+
+def replicas(n: int, busy: int, draining: str = "") -> list[ReplicaLoad]:
+    return [ReplicaLoad(name=f"eng-{i}", num_running=busy, draining=f"eng-{i}" == draining)
+            for i in range(n)]  # fmt: skip
+
+
+async def test_timer_scales_up_then_drains_before_scaling_down(
+    aiohttp_server: Any, latency: LatencyModel
+) -> None:
+    gw = Gateway()
+    server = await aiohttp_server(gw.app())
+    pods, events, clock = Pods(), [], Clock()
+    cluster = meta.ClusterRef("bc", "ns", "uid-1")
+    async with aiohttp.ClientSession() as session:
+        advisor = provisioning.PredictiveAdvisor(
+            session=session, pods=pods,
+            events=lambda c, reason, msg: events.append((reason, msg)),
+            gateway_url=lambda c: str(server.make_url("")).rstrip("/"),
+            latency_for=lambda s: latency,
+            replica_config=ReplicaConfig("sarathi", max_num_batched_tokens=512, max_num_seqs=48),
+            interval_s=5.0, lead_s=5.0, drain_timeout_s=60.0, clock=clock,
+        )  # fmt: skip
+        status = specs.BlockClusterStatus()
+        # Heavy load on two replicas: scale up at once.
+        gw.report = LoadReport(interval_seconds=5.0, arrivals=200, sizes=SIZES,
+                               replicas=replicas(2, busy=40))  # fmt: skip
+        up = await advisor.advise(cluster, spec(2), status)
+        assert up is not None and up > 2
+        assert events[-1][0] == "AutoscalerDecision" and "N=2" in events[-1][1]
+        # Load gone on four replicas: after the stabilisation window, drain one first.
+        gw.report = LoadReport(interval_seconds=5.0, arrivals=1, sizes=SIZES,
+                               replicas=replicas(4, busy=1))  # fmt: skip
+        answers = []
+        while not gw.drained and len(answers) < 12:
+            clock.t += 5.0
+            answers.append(await advisor.advise(cluster, spec(4), status))
+        # The forecast decays first (it may still ask for more), then a drain starts; the
+        # count never drops before the drain.
+        assert all(a is None or a >= 4 for a in answers)
+        assert len(gw.drained) == 1 and not pods.calls
+        victim = gw.drained[0]
+        # Still busy: keep waiting. Idle: annotate the pod, then answer the lower count.
+        gw.report = LoadReport(interval_seconds=5.0, arrivals=1, sizes=SIZES,
+                               replicas=replicas(4, busy=1, draining=victim))  # fmt: skip
+        clock.t += 5.0
+        assert await advisor.advise(cluster, spec(4), status) is None
+        gw.report = LoadReport(
+            interval_seconds=5.0,
+            arrivals=1,
+            sizes=SIZES,
+            replicas=[
+                r if r.name != victim else ReplicaLoad(name=victim, draining=True)
+                for r in replicas(4, busy=1)
+            ],
+        )
+        clock.t += 5.0
+        down = await advisor.advise(cluster, spec(4), status)
+        assert down == 3
+        assert pods.calls == [(victim, {provisioning.DELETION_COST_ANNOTATION: "-1000"})]
+        assert [e[0] for e in events][-1] == "ScaledDown"
+        assert seam.bounded(spec(4), down) == 3
+
+
+async def test_no_gateway_means_no_opinion(latency: LatencyModel) -> None:
+    async with aiohttp.ClientSession() as session:
+        advisor = provisioning.PredictiveAdvisor(
+            session=session, pods=Pods(), events=lambda *a: None,
+            gateway_url=lambda c: "http://127.0.0.1:9", latency_for=lambda s: latency,
+            timeout_s=1.0,
+        )  # fmt: skip
+        cluster = meta.ClusterRef("bc", "ns", "uid-2")
+        assert await advisor.advise(cluster, spec(2), specs.BlockClusterStatus()) is None
+
+
+@pytest.fixture(scope="module")
+def latency() -> LatencyModel:
+    return LatencyModel.load("a100", "meta-llama/Llama-2-7b-hf")
