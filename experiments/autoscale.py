@@ -37,7 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strategies", default=",".join(STRATEGIES))
     p.add_argument("--time-scale", type=float, default=10.0, help="Azure trace speed-up")
     p.add_argument("--limit", type=int, default=None, help="first N trace requests only")
-    p.add_argument("--step-rates", default="25,80,25", help="req/s of the step load's phases")
+    p.add_argument("--step-rates", default="20,60,20", help="req/s of the step load's phases")
     p.add_argument("--step-seconds", default="100,200,200", help="length of each phase, s")
     p.add_argument("--slo-ttft", type=float, default=1.0, help="p99 TTFT objective, s")
     p.add_argument("--min-replicas", type=int, default=4)
