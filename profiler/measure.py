@@ -141,6 +141,44 @@ def _i32(values: Sequence[int]) -> Tensor:
     return torch.tensor(list(values), device="cuda", dtype=torch.int32)
 
 
+@dataclass(frozen=True)
+class _VarlenBatch:
+    """One packed attention batch: inputs in transformers' layout plus varlen metadata."""
+
+    q4: Tensor  # (1, q_heads, tokens, dim)
+    k4: Tensor
+    v4: Tensor
+    cu_q: Tensor
+    cu_k: Tensor
+    slots: Tensor  # KV-cache rows the new tokens go to
+    max_q: int
+    max_k: int
+    total_k: int
+
+
+def _batch(worker: WorkerShape, new_tokens: Sequence[int], cached: Sequence[int]) -> _VarlenBatch:
+    hq, hkv, d = worker.q_heads, worker.kv_heads, worker.head_dim
+    n = sum(new_tokens)
+    cu_q, cu_k = [0], [0]
+    slots: list[int] = []
+    for new, before in zip(new_tokens, cached, strict=True):
+        start = cu_k[-1]
+        slots.extend(range(start + before, start + before + new))
+        cu_q.append(cu_q[-1] + new)
+        cu_k.append(start + before + new)
+    return _VarlenBatch(
+        q4=_randn(1, hq, n, d),
+        k4=_randn(1, hkv, n, d),
+        v4=_randn(1, hkv, n, d),
+        cu_q=_i32(cu_q),
+        cu_k=_i32(cu_k),
+        slots=torch.tensor(slots, device="cuda"),
+        max_q=max(new_tokens),
+        max_k=max(new + before for new, before in zip(new_tokens, cached, strict=True)),
+        total_k=cu_k[-1],
+    )
+
+
 def _time_attention(
     worker: WorkerShape,
     cache: _KvCache,
@@ -148,43 +186,36 @@ def _time_attention(
     timer: Timer,
     new_tokens: Sequence[int],
     cached_tokens: Sequence[int],
+    attention_only: bool = False,
 ) -> dict[str, Stats]:
     """Time input reshape, KV save, attention and output reshape for one varlen batch."""
-    hq, hkv, d = worker.q_heads, worker.kv_heads, worker.head_dim
+    b = _batch(worker, new_tokens, cached_tokens)
     n = sum(new_tokens)
-    # Attention inputs arrive as transformers' Llama produces them: (1, heads, tokens, dim).
-    q4, k4, v4 = _randn(1, hq, n, d), _randn(1, hkv, n, d), _randn(1, hkv, n, d)
-    cu_q, cu_k = [0], [0]
-    slots: list[int] = []
-    for new, cached in zip(new_tokens, cached_tokens, strict=True):
-        start = cu_k[-1]
-        slots.extend(range(start + cached, start + cached + new))
-        cu_q.append(cu_q[-1] + new)
-        cu_k.append(start + cached + new)
-    cu_q_t, cu_k_t, slots_t = _i32(cu_q), _i32(cu_k), torch.tensor(slots, device="cuda")
-    max_q = max(new_tokens)
-    max_k = max(new + cached for new, cached in zip(new_tokens, cached_tokens, strict=True))
-    k_all, v_all = cache.k[: cu_k[-1]], cache.v[: cu_k[-1]]
+    k_all, v_all = cache.k[: b.total_k], cache.v[: b.total_k]
 
     def reshape_in() -> tuple[Tensor, ...]:
         # (1, heads, tokens, dim) -> (tokens, heads, dim): a view when the kernel takes strides.
-        return tuple(attn.prepare(t[0].transpose(0, 1)) for t in (q4, k4, v4))
+        return tuple(attn.prepare(t[0].transpose(0, 1)) for t in (b.q4, b.k4, b.v4))
 
     q, k, v = reshape_in()
-    scale = d**-0.5
-    out = attn(q, k_all, v_all, cu_q_t, cu_k_t, max_q, max_k, scale)
+    scale = worker.head_dim**-0.5
+
+    def attend() -> Tensor:
+        return attn(q, k_all, v_all, b.cu_q, b.cu_k, b.max_q, b.max_k, scale)
+
+    name = "attn_prefill" if b.max_q > 1 else "attn_decode"
+    if attention_only:
+        return {name: timer.time(attend)}
+    out = attend()
 
     def save() -> None:
-        cache.k.index_copy_(0, slots_t, k)
-        cache.v.index_copy_(0, slots_t, v)
+        cache.k.index_copy_(0, b.slots, k)
+        cache.v.index_copy_(0, b.slots, v)
 
-    is_prefill = max_q > 1
     return {
         "attn_input_reshape": timer.time(reshape_in),
         "attn_kv_cache_save": timer.time(save),
-        "attn_prefill" if is_prefill else "attn_decode": timer.time(
-            lambda: attn(q, k_all, v_all, cu_q_t, cu_k_t, max_q, max_k, scale)
-        ),
+        name: timer.time(attend),
         "attn_output_reshape": timer.time(lambda: out.reshape(1, n, -1).contiguous()),
     }
 
@@ -230,4 +261,73 @@ def profile_attention(
             )
             rows.append(row(dp.batch_size, 0, dp.kv_tokens, stats))
         logger.info("attention tp=%d: %d decode points", worker.tensor_parallel, len(grid.decode))
+    return rows
+
+
+MIXED_CHUNK_TOKENS = 256
+
+
+def profile_mixed_decode(
+    worker: WorkerShape,
+    grid: AttentionGrid,
+    attn: VarlenAttention,
+    timer: Timer,
+    max_model_len: int,
+    block_size: int,
+    kv_capacity: int,
+    chunk_tokens: int = MIXED_CHUNK_TOKENS,
+) -> list[AttentionRow]:
+    """Decode attention inside a mixed launch: each decode point of the grid packed with one
+    prefill chunk of `chunk_tokens` (no cached prefix) into one varlen call, minus the chunk's
+    time alone.
+
+    Why a table of its own: a decode-only varlen call (every query length 1) lets FlashAttention
+    fold a KV head's query heads together (grouped-query attention reads each K/V once), while in
+    a call that also holds a prefill chunk every query head reads K/V itself; for Llama-3-8B (four
+    query heads per KV head) decodes in mixed steps measured several times their decode-only
+    time. Rows are decode rows of Vidur's attention format, backend
+    `FLASH_ATTN_VARLEN_MIXED<chunk>`, `attn_decode` holding the decodes' share of the call.
+    """
+    cache = _KvCache(worker, kv_capacity)
+    m = worker.model
+    rows = []
+    with torch.inference_mode():
+        alone = _time_attention(worker, cache, attn, timer, [chunk_tokens], [0], True)
+        base_ms = alone["attn_prefill"].median
+        for dp in grid.decode:
+            if dp.batch_size * (dp.kv_tokens + 1) + chunk_tokens > kv_capacity:
+                continue
+            both = _time_attention(
+                worker,
+                cache,
+                attn,
+                timer,
+                [chunk_tokens] + [1] * dp.batch_size,
+                [0] + [dp.kv_tokens] * dp.batch_size,
+                True,
+            )["attn_prefill"]
+            share = Stats(
+                min=max(0.0, both.min - base_ms),
+                max=max(0.0, both.max - base_ms),
+                mean=max(0.0, both.mean - base_ms),
+                median=max(0.0, both.median - base_ms),
+                std=both.std,
+            )
+            rows.append(
+                AttentionRow(
+                    n_embd=m.hidden_size,
+                    n_q_head=m.num_heads,
+                    n_kv_head=m.num_kv_heads,
+                    block_size=block_size,
+                    tensor_parallel=worker.tensor_parallel,
+                    max_model_len=max_model_len,
+                    batch_size=dp.batch_size,
+                    prefill_chunk_size=0,
+                    kv_cache_size=dp.kv_tokens,
+                    is_prefill=False,
+                    attention_backend=f"FLASH_ATTN_VARLEN_MIXED{chunk_tokens}",
+                    ops={"attn_decode": share},
+                )
+            )
+    logger.info("attention tp=%d: %d mixed decode points", worker.tensor_parallel, len(rows))
     return rows

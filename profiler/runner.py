@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime
 import importlib
+import json
 import logging
 import platform
 import shutil
@@ -21,6 +22,8 @@ from block.profiler.sharding import shard
 from block.simulator.models import ModelShape, from_hf_config, get_model
 
 logger = logging.getLogger(__name__)
+
+MIXED_SLACK = 4096  # KV rows for the prefill chunk packed with each mixed-decode point
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +101,7 @@ def run(req: ProfileRequest) -> dict[str, object]:
     logger.info("profiling %s on %s", model.name, torch.cuda.get_device_name())
     mlp_rows: list[tables.MlpRow] = []
     attn_rows: list[tables.AttentionRow] = []
+    mixed_rows: list[tables.AttentionRow] = []
     grid_sizes: dict[str, int] = {}
     for w in workers:
         if req.only in (None, "mlp"):
@@ -117,12 +121,21 @@ def run(req: ProfileRequest) -> dict[str, object]:
                 w, grid, attn, timer, max_seq_len, req.block_size, need
             )
             torch.cuda.empty_cache()
+            mixed_rows += measure.profile_mixed_decode(
+                w, grid, attn, timer, max_seq_len, req.block_size, need + MIXED_SLACK
+            )
+            torch.cuda.empty_cache()
     out = req.out_dir
     written: dict[str, int] = {}
     if mlp_rows:
         written["mlp.csv"] = tables.write_mlp_csv(out / "mlp.csv", mlp_rows)
     if attn_rows:
+        attn_rows = tables.pool_kv_save(attn_rows)
         written["attention.csv"] = tables.write_attention_csv(out / "attention.csv", attn_rows)
+    if mixed_rows:
+        written["attention_mixed.csv"] = tables.write_attention_csv(
+            out / "attention_mixed.csv", mixed_rows
+        )
     props = torch.cuda.get_device_properties(0)
     meta: dict[str, object] = {
         "gpu_name": torch.cuda.get_device_name(),
@@ -136,6 +149,7 @@ def run(req: ProfileRequest) -> dict[str, object]:
         "attention_q_layout": "strided view" if attn.strided_ok else "contiguous copy",
         "attention_check_rel_error": attn_errors,
         "kv_layout": "contiguous per sequence (varlen); block_size column is nominal",
+        "kv_cache_save": "pooled over the grid points that write as many tokens",
         "attention_inputs": "q/k/v arrive as transformers' Llama makes them, (1, heads, tokens, "
         "dim); attn_input_reshape is the change to (tokens, heads, dim), attn_output_reshape "
         "the view back",
@@ -152,9 +166,17 @@ def run(req: ProfileRequest) -> dict[str, object]:
         "warmup": req.warmup,
         "repeats": req.repeats,
         "l2_flush_bytes": timing.L2_FLUSH_BYTES,
+        "timing_retries": timer.retries,
         "rows": written,
+        "mixed_decode_chunk_tokens": measure.MIXED_CHUNK_TOKENS,
         "time_unit": "ms",
     }
-    tables.write_meta(out / "meta.json", meta)
+    meta_path = out / "meta.json"
+    if req.only and meta_path.is_file():
+        # A partial re-run keeps what the earlier run recorded about the other table.
+        earlier = json.loads(meta_path.read_text())
+        meta["rows"] = {**earlier.get("rows", {}), **written}
+        meta = {**earlier, **meta}
+    tables.write_meta(meta_path, meta)
     logger.info("wrote %s to %s", ", ".join(f"{k} ({v} rows)" for k, v in written.items()), out)
     return meta

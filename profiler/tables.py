@@ -14,7 +14,7 @@ import json
 import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from block.errors import ConfigError
@@ -168,6 +168,42 @@ class AttentionRow:
             self.attention_backend,
         ]
         return [*stats, *keys]
+
+
+def pool_stats(parts: Sequence[Stats]) -> Stats:
+    """One summary of several equally sized samples of the same quantity."""
+    means = [p.mean for p in parts]
+    within = statistics.fmean(p.std**2 for p in parts)
+    return Stats(
+        min=min(p.min for p in parts),
+        max=max(p.max for p in parts),
+        mean=statistics.fmean(means),
+        median=statistics.median(p.median for p in parts),
+        std=math.sqrt(within + statistics.pvariance(means)),
+    )
+
+
+def pool_kv_save(rows: Sequence[AttentionRow]) -> list[AttentionRow]:
+    """Give every row the KV-cache save time pooled over the rows that write as many tokens.
+
+    The save copies the step's new tokens into the cache, so its time depends on their number
+    (the chunk for prefill rows, the batch for decode rows), not on the KV length; each grid
+    point re-measures it. Pooling those repeats makes one estimate per token count, which is
+    what the latency model looks up (it keys the save by tokens only).
+    """
+    groups: dict[tuple[bool, int], list[Stats]] = {}
+    for r in rows:
+        if "attn_kv_cache_save" in r.ops:
+            key = (r.is_prefill, r.prefill_chunk_size if r.is_prefill else r.batch_size)
+            groups.setdefault(key, []).append(r.ops["attn_kv_cache_save"])
+    pooled = {key: pool_stats(parts) for key, parts in groups.items()}
+    out = []
+    for r in rows:
+        key = (r.is_prefill, r.prefill_chunk_size if r.is_prefill else r.batch_size)
+        if key in pooled:
+            r = replace(r, ops={**r.ops, "attn_kv_cache_save": pooled[key]})
+        out.append(r)
+    return out
 
 
 def _write(path: Path, header: Sequence[str], rows: Iterable[list[object]]) -> int:

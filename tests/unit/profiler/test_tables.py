@@ -1,6 +1,7 @@
 """Vidur-format tables: exact column layout, write/read round trip, loading into the simulator."""
 
 import csv
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -113,6 +114,24 @@ def test_attention_round_trip_leaves_the_other_phase_empty(tmp_path: Path) -> No
     assert raw[1]["time_stats.attn_prefill.median"] == ""
     assert raw[0]["is_prefill"] == "True" and raw[1]["is_prefill"] == "False"
     assert tables.read_attention_csv(path) == rows
+
+
+def test_kv_save_is_pooled_per_token_count() -> None:
+    base = _attention_rows()[0]
+    rows = [
+        replace(base, kv_cache_size=kv, ops={**base.ops, "attn_kv_cache_save": _stats(t)})
+        for kv, t in ((0, 0.010), (1024, 0.012), (2048, 0.020))
+    ]
+    other_chunk = replace(base, prefill_chunk_size=64)
+    pooled = tables.pool_kv_save([*rows, other_chunk])
+    saves = {r.ops["attn_kv_cache_save"] for r in pooled[:3]}
+    assert len(saves) == 1  # one estimate for the 512-token chunk
+    (save,) = saves
+    assert save.min == rows[0].ops["attn_kv_cache_save"].min
+    assert save.median == pytest.approx(_stats(0.012).median)
+    assert save.std > max(r.ops["attn_kv_cache_save"].std for r in rows)  # spread across points
+    assert pooled[3].ops == other_chunk.ops  # a different token count keeps its own
+    assert [r.ops["attn_prefill"] for r in pooled[:3]] == [r.ops["attn_prefill"] for r in rows]
 
 
 def test_row_with_the_wrong_phase_is_refused(tmp_path: Path) -> None:
