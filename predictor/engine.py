@@ -380,9 +380,10 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 # ---------------------------------------------------------------------------------- app
-def build_engine(settings: EngineSettings) -> SimulatedEngine:
-    """The simulated engine for `settings` (loads the latency profile: file I/O)."""
-    base = LatencyModel.load(settings.gpu, settings.model, settings.tp)
+def build_engine(settings: EngineSettings, base: LatencyModel | None = None) -> SimulatedEngine:
+    """The simulated engine for `settings` (loads the latency profile unless given)."""
+    if base is None:
+        base = LatencyModel.load(settings.gpu, settings.model, settings.tp)
     latency = NoisyLatency(base, settings.noise_sigma, settings.bias, settings.seed)
     config = ReplicaConfig(
         scheduler=settings.scheduler,
@@ -399,13 +400,14 @@ def create_engine_app(
     settings: EngineSettings,
     tokens: Tokens | None = None,
     lengths: LengthDistribution | None = None,
+    latency: LatencyModel | None = None,
 ) -> web.Application:
     """The engine twin's app. Heavy resources (profile, tokenizer, ShareGPT lengths) load at
-    startup; tests may pass already-loaded tokens and lengths."""
+    startup; tests may pass already-loaded ones."""
     app = problems.new_app(settings.max_body_bytes)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        engine = build_engine(settings)
+        engine = build_engine(settings, latency)
         twin = EngineTwin(
             settings,
             engine,

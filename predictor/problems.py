@@ -34,11 +34,14 @@ class BodyTooLarge(InvalidRequest):
     title = "Payload too large"
 
 
+REQUEST_ID = web.RequestKey("request_id", str)
+
+
 def request_id(request: web.Request) -> str:
-    rid = request.get("request_id")
-    if not isinstance(rid, str):
+    rid = request.get(REQUEST_ID)
+    if rid is None:
         rid = request.headers.get("x-request-id") or uuid.uuid4().hex
-        request["request_id"] = rid
+        request[REQUEST_ID] = rid
     return rid
 
 

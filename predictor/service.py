@@ -278,15 +278,15 @@ def create_app(
     settings: PredictorSettings,
     tokens: Tokens | None = None,
     lengths: LengthDistribution | None = None,
+    latency: LatencyModel | None = None,
 ) -> web.Application:
     """The sidecar's app. The profile, tokenizer and length data load at startup; tests may
-    pass already-loaded tokens and lengths."""
+    pass already-loaded ones."""
     app = problems.new_app(settings.max_body_bytes)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        latency = LatencyModel.load(settings.gpu, settings.model, settings.tp)
         twin = LiveTwin(
-            latency,
+            latency or LatencyModel.load(settings.gpu, settings.model, settings.tp),
             replica_config(settings),
             lengths if lengths is not None else LengthDistribution.sharegpt(),
             sync_interval_s=settings.sync_interval_s,

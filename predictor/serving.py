@@ -32,12 +32,12 @@ def run(app: web.Application, host: str, port: int) -> int:
 
 async def start(app: web.Application, host: str = "127.0.0.1", port: int = 0) -> Server:
     """Start `app` in the running loop; port 0 picks a free port."""
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
-    site = web.SockSite(runner, sock, shutdown_timeout=1.0)
+    site = web.SockSite(runner, sock)
     await site.start()
     return Server(runner, host, sock.getsockname()[1])
 
