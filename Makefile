@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed-stamp
 OUT     ?= out
 
-.PHONY: install lint test unit demo clean k8s-bins
+.PHONY: install lint test unit demo demo-simulated clean k8s-bins
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,8 +35,13 @@ k8s-bins:
 unit: install
 	$(BIN)/pytest tests/unit
 
+# A live Block cluster on loopback (4 engine twins + sidecars + gateway) under `block bench`,
+# one gateway per policy; a few minutes on 2 cores. demo-simulated: the offline twin at scale.
 demo: install
-	$(BIN)/block demo --out $(OUT)/demo
+	$(BIN)/block experiment live --out $(OUT)/demo
+
+demo-simulated: install
+	$(BIN)/block demo --out $(OUT)/demo-simulated
 
 clean:
 	rm -rf $(VENV) .cache build *.egg-info $(OUT)

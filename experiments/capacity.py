@@ -40,6 +40,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="curve loads, as fractions of the best heuristic's capacity",
     )
     p.add_argument("--live", action="store_true", help="against real processes on loopback")
+    p.add_argument(
+        "--live-qps", default="4,8,11", help="--live: loads to measure (req/s), comma-separated"
+    )
+    from block.experiments import live
+
+    live.add_live_arguments(p)
     p.add_argument("--quiet", action="store_true")
 
 
@@ -56,8 +62,9 @@ def add_workload_arguments(p: argparse.ArgumentParser, requests: int = 3000) -> 
 
 def run(args: argparse.Namespace) -> int:
     if args.live:
-        print("error: --live needs the engine twin, predictor and gateway commands")
-        return 2
+        from block.experiments import live
+
+        return live.capacity(args)
     try:
         return _run(args)
     except BlockError as e:

@@ -12,6 +12,7 @@ EXPERIMENTS: dict[str, str] = {
     "prediction": "block.experiments.prediction",
     "config-search": "block.experiments.config_search",
     "burstiness": "block.experiments.burstiness",
+    "live": "block.experiments.live",
 }
 
 
