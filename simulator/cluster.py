@@ -97,6 +97,7 @@ def collect(replicas: Sequence[Replica], requests: Sequence[Request]) -> list[Re
                 prompt_tokens=req.prompt_tokens,
                 output_tokens=req.output_tokens,
                 preemptions=rec.preemptions.get(req.rid, 0),
+                cached_tokens=rec.cached_tokens.get(req.rid, 0),
             )
         )
     return out

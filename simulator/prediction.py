@@ -27,18 +27,21 @@ def predict_one_more(
     now: float,
     impact: bool = False,
     horizon_s: float = float("inf"),
+    block_hashes: tuple[int, ...] | None = None,
 ) -> Prediction:
     """Fork `replica`, add the candidate at `now`, simulate until it completes.
 
+    `block_hashes` (the prompt's prefix-cache hash chain) lets the prediction count cache hits.
     With `impact`, also simulate the state without the candidate to the end and report how
     much later, in total, the requests already there finish because of the candidate.
     The parent replica is never modified.
     """
-    if not impact and horizon_s == float("inf"):
+    cached = block_hashes and replica.cache is not None
+    if not impact and horizon_s == float("inf") and not cached:
         quick = predict_quiet(replica, prompt_tokens, output_tokens, now)
         if quick is not None:
             return Prediction(*quick)
-    cand = Request(CANDIDATE_RID, now, prompt_tokens, output_tokens)
+    cand = Request(CANDIDATE_RID, now, prompt_tokens, output_tokens, block_hashes)
     fork = replica.fork()
     fork.submit(cand, now)
     if not fork.run_until_finished(CANDIDATE_RID, horizon_s):

@@ -23,7 +23,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -31,6 +31,7 @@ from block.errors import ConfigError, InvalidRequest
 from block.simulator.hardware import GpuSpec
 from block.simulator.latency import LatencyModel
 from block.simulator.models import ModelShape
+from block.simulator.prefix_cache import PrefixCache
 from block.simulator.requests import Recorder, Request
 
 SchedulerKind = Literal["vllm", "sarathi"]
@@ -49,6 +50,7 @@ class ReplicaConfig:
     watermark: float = -1.0  # share of blocks kept free at admission; -1: flavour default
     max_model_len: int | None = None
     max_run_steps: int = 1 << 30  # 1 disables decode-run skipping (real-time twins)
+    enable_prefix_caching: bool = True  # as vLLM; only requests carrying block hashes hit
 
     def __post_init__(self) -> None:
         if self.max_num_batched_tokens < self.max_num_seqs and self.scheduler == "vllm":
@@ -89,19 +91,21 @@ def kv_blocks_for_memory(
 class _Prefill:
     """A running request that is computing its prompt (or recomputing after preemption)."""
 
-    __slots__ = ("blocks", "computed", "generated", "req", "target")
+    __slots__ = ("blocks", "computed", "generated", "req", "shared", "target")
 
     def __init__(self, req: Request, generated: int, blocks: int) -> None:
         self.req = req
         self.generated = generated  # tokens generated before this prefill (recompute)
         self.target = req.prompt_tokens + generated  # tokens to compute before sampling
         self.computed = 0
-        self.blocks = blocks
+        self.blocks = blocks  # KV blocks in its table, shared ones included
+        self.shared: list[int] = []  # hashes of prefix-cache blocks it holds references on
 
     def copy(self) -> _Prefill:
         other = _Prefill.__new__(_Prefill)
         other.req, other.generated, other.target = self.req, self.generated, self.target
         other.computed, other.blocks = self.computed, self.blocks
+        other.shared = self.shared.copy()
         return other
 
 
@@ -112,12 +116,13 @@ class _Decode:
     reaches `finish_g`.
     """
 
-    __slots__ = ("finish_g", "key", "req")
+    __slots__ = ("finish_g", "key", "req", "shared")
 
-    def __init__(self, req: Request, key: int, finish_g: int) -> None:
+    def __init__(self, req: Request, key: int, finish_g: int, shared: tuple[int, ...] = ()) -> None:
         self.req = req
         self.key = key
         self.finish_g = finish_g
+        self.shared = shared  # prefix-cache blocks it references (not private)
 
 
 class _Run:
@@ -197,6 +202,7 @@ class Replica:
         self._bs = config.block_size
         self._watermark_blocks = int(config.watermark_share * self.num_blocks)
         self._upfront = config.scheduler == "sarathi"
+        self.cache = PrefixCache() if config.enable_prefix_caching else None
         self.recorder = recorder if recorder is not None else Recorder()
         self.on_step: StepHook | None = None  # (end time, rids with a new token, rids done)
         # State.
@@ -259,6 +265,7 @@ class Replica:
             self._upfront,
         )
         other.recorder = recorder if recorder is not None else Recorder()
+        other.cache = None if self.cache is None else self.cache.copy()
         other.on_step = None
         other.now = self.now
         other.waiting = self.waiting.copy()
@@ -332,20 +339,23 @@ class Replica:
             return False
         if isinstance(entry, _Prefill):
             self.prefills.remove(entry)
-            self.used_blocks -= entry.blocks
+            self._free_request(entry.req, entry.shared, entry.blocks, entry.computed)
             return True
         self.n_dec -= 1
         self.sum_key -= entry.key
         self.residues[entry.key % self._bs] -= 1
         cached = entry.key + self.g  # KV tokens after the last applied decode step
         step = self.inflight
+        # A run allocated every step's blocks up front; a mixed step its one token's.
         if isinstance(step, _Run):
-            # The run allocated every step's blocks up front.
-            step.used_before -= self._blocks(cached)
-            self.used_blocks -= self._blocks(cached + step.steps)
+            ahead = step.steps
         else:
-            in_step = 1 if isinstance(step, _Mixed) and step.n else 0
-            self.used_blocks -= self._blocks(cached + in_step)
+            ahead = 1 if isinstance(step, _Mixed) and step.n else 0
+        before = self.used_blocks
+        self._free_request(entry.req, entry.shared, self._blocks(cached + ahead), cached)
+        if isinstance(step, _Run):
+            run_blocks = self._blocks(cached + ahead) - self._blocks(cached)
+            step.used_before -= before - self.used_blocks - run_blocks
         return True
 
     def resume(self, req: Request, generated: int, now: float) -> None:
@@ -538,11 +548,11 @@ class Replica:
             self.n_dec -= 1
             self.sum_key -= entry.key
             self.residues[entry.key % self._bs] -= 1
-            self.used_blocks -= self._blocks(cached)
+            self._free_request(req, entry.shared, self._blocks(cached), cached)
             generated = cached + 1 - req.prompt_tokens
         else:
             self.prefills.remove(entry)
-            self.used_blocks -= entry.blocks
+            self._free_request(req, entry.shared, entry.blocks, entry.computed)
             generated = entry.generated
         self.waiting.appendleft((req, generated))
         self.num_preemptions += 1
@@ -605,26 +615,40 @@ class Replica:
             tokens += num
         # 3. Waiting requests, FCFS, while budget, batch cap and blocks allow.
         if not preempted or self._upfront:
+            cache, bs = self.cache, self._bs
             while self.waiting and budget > 0 and len(self.running) < cfg.max_num_seqs:
                 req, generated = self.waiting[0]
                 target = req.prompt_tokens + generated
-                num = min(target, budget)
-                blocks = self._blocks(target if self._upfront else num)
-                if blocks > self.num_blocks - self.used_blocks - self._watermark_blocks:
+                hit = revived = 0
+                hashes = req.block_hashes
+                if cache is not None and hashes:
+                    # At least one token is computed, so a full hit still runs its last block.
+                    hit, revived = cache.match(hashes, (target - 1) // bs)
+                done = hit * bs
+                num = min(target - done, budget)
+                blocks = self._blocks(target if self._upfront else done + num) - hit
+                free = self.num_blocks - self.used_blocks - self._watermark_blocks
+                if blocks + revived > free:
                     break
                 self.waiting.popleft()
-                p = _Prefill(req, generated, blocks)
-                self.used_blocks += blocks
+                p = _Prefill(req, generated, hit + blocks)
+                if hit and cache is not None and hashes:
+                    p.computed = done
+                    p.shared = list(hashes[:hit])
+                    cache.acquire(p.shared)
+                self.used_blocks += blocks + revived
                 self.running[req.rid] = p
                 self.prefills.append(p)
                 self.recorder.scheduled.setdefault(req.rid, self.now)
+                self.recorder.cached_tokens.setdefault(req.rid, done)
                 chunks.append((req.rid, num))
-                pairs.append((num, 0))
+                pairs.append((num, done))
                 budget -= num
                 tokens += num
         if tokens == 0:
             self.inflight = None
             return
+        self._fit_cache()
         kv_total = self.sum_key + n * self.g
         step_s = self.latency.step_time_s(tokens, n, kv_total, pairs)
         self.inflight = _Mixed(self.now, self.now + step_s, n, chunks)
@@ -667,9 +691,32 @@ class Replica:
         last = lat.decode_step_s(n, self.sum_key + n * (g + steps - 1)) if steps > 1 else first
         used_before = self.used_blocks
         self.used_blocks += self._decode_blocks_needed(g, steps)
+        self._fit_cache()
         self.inflight = _Run(self.now, g, steps, n, first, last, used_before)
 
     # ------------------------------------------------------------------ completion
+    def _free_request(
+        self, req: Request, shared: Sequence[int], total_blocks: int, cached_tokens: int
+    ) -> None:
+        """Give back a leaving request's KV: private blocks are freed, shared ones lose a
+        reference; with prefix caching, full blocks keep their content as evictable cache."""
+        cache = self.cache
+        if cache is None:
+            self.used_blocks -= total_blocks
+            return
+        self.used_blocks -= total_blocks - len(shared) + cache.release(shared)
+        hashes = req.block_hashes
+        if hashes:
+            cache.keep(hashes[: min(cached_tokens // self._bs, len(hashes))])
+
+    def _fit_cache(self) -> None:
+        """Evict least recently freed cached blocks that the allocations just took."""
+        cache = self.cache
+        if cache is not None:
+            excess = len(cache.evictable) - (self.num_blocks - self.used_blocks)
+            if excess > 0:
+                cache.evict(excess)
+
     def _apply_decode_steps(self, g0: int, steps: int, end_s: float) -> list[int]:
         """Advance the decode counter by `steps`; finish whoever reached their length."""
         self.g = g0 + steps
@@ -684,7 +731,8 @@ class Replica:
             self.n_dec -= 1
             self.sum_key -= member.key
             self.residues[member.key % self._bs] -= 1
-            self.used_blocks -= self._blocks(member.key + g)
+            cached = member.key + g
+            self._free_request(member.req, member.shared, self._blocks(cached), cached)
             self.recorder.finished[rid] = end_s
             done.append(rid)
         return done
@@ -730,7 +778,14 @@ class Replica:
             p = self.running.get(rid)
             if not isinstance(p, _Prefill):
                 continue
+            before = p.computed
             p.computed += num
+            hashes = p.req.block_hashes
+            if hashes and self.cache is not None:
+                # Newly completed full blocks become shareable (unless already cached).
+                for i in range(before // self._bs, min(p.computed // self._bs, len(hashes))):
+                    if self.cache.register(hashes[i]):
+                        p.shared.append(hashes[i])
             if p.computed < p.target:
                 continue
             self.prefills.remove(p)
@@ -740,12 +795,12 @@ class Replica:
             req = p.req
             if generated >= req.output_tokens:
                 del self.running[rid]
-                self.used_blocks -= p.blocks
+                self._free_request(req, p.shared, p.blocks, p.computed)
                 rec.finished[rid] = end
                 done.append(rid)
                 continue
             key = p.target - self.g
-            member = _Decode(req, key, req.output_tokens - generated + self.g)
+            member = _Decode(req, key, req.output_tokens - generated + self.g, tuple(p.shared))
             self.running[rid] = member  # same place in admission order
             self.n_dec += 1
             self.sum_key += key

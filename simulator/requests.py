@@ -20,6 +20,9 @@ class Request:
     arrival_s: float
     prompt_tokens: int
     output_tokens: int
+    # Prefix-cache hash chain over the full KV blocks of prompt + output tokens (None: no
+    # token content known, never hits the cache). See block.simulator.prefix_cache.
+    block_hashes: tuple[int, ...] | None = None
 
 
 @dataclass(slots=True)
@@ -35,6 +38,7 @@ class Recorder:
     first_token: dict[int, float] = field(default_factory=dict)
     finished: dict[int, float] = field(default_factory=dict)
     preemptions: dict[int, int] = field(default_factory=dict)
+    cached_tokens: dict[int, int] = field(default_factory=dict)  # prefix-cache hit at admission
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +54,7 @@ class RequestRecord:
     prompt_tokens: int
     output_tokens: int
     preemptions: int
+    cached_tokens: int = 0  # prompt tokens served from the prefix cache
 
     @property
     def queue_s(self) -> float:

@@ -35,5 +35,7 @@ def summarize(records: Sequence[RequestRecord]) -> dict[str, Any]:
         "throughput_rps": len(records) / span,
         "output_tokens_per_s": out_tokens / span,
         "preemptions": sum(r.preemptions for r in records),
+        "prefix_hit_rate": sum(r.cached_tokens for r in records)
+        / max(1, sum(r.prompt_tokens for r in records)),
         "duration_s": span,
     }
