@@ -8,7 +8,7 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -32,7 +32,7 @@ def estimator() -> LengthEstimator:
 
 
 @pytest.fixture
-async def client(estimator: LengthEstimator) -> Iterator[TestClient]:  # type: ignore[misc]
+async def client(estimator: LengthEstimator) -> AsyncIterator[TestClient]:
     settings = EstimatorSettings(max_body_bytes=64 * 1024)
     async with TestClient(TestServer(create_app(settings, estimator))) as c:
         yield c
