@@ -8,11 +8,13 @@ from typing import Any
 
 # name -> module exposing add_arguments(parser) and run(args) -> int. Add yours here.
 EXPERIMENTS: dict[str, str] = {
+    "autoscale": "block.experiments.autoscale",
     "capacity": "block.experiments.capacity",
     "prediction": "block.experiments.prediction",
     "config-search": "block.experiments.config_search",
     "burstiness": "block.experiments.burstiness",
     "live": "block.experiments.live",
+    "prefix": "block.experiments.prefix",
 }
 
 

@@ -19,7 +19,12 @@ def oracle_lengths(req: Request) -> int:
     return req.output_tokens
 
 
-def view_of(replica: Replica, index: int, prediction: Prediction | None = None) -> ReplicaView:
+def view_of(
+    replica: Replica,
+    index: int,
+    prediction: Prediction | None = None,
+    prefix_hit_tokens: int = 0,
+) -> ReplicaView:
     return ReplicaView(
         index=index,
         num_running=replica.num_running,
@@ -29,6 +34,7 @@ def view_of(replica: Replica, index: int, prediction: Prediction | None = None) 
         waiting_prefill_tokens=replica.waiting_prefill_tokens(),
         block_size=replica.config.block_size,
         prediction=prediction,
+        prefix_hit_tokens=prefix_hit_tokens,
     )
 
 

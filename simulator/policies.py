@@ -36,6 +36,7 @@ class ReplicaView:
     block_size: int = 16
     inflight: int = 0  # dispatched by this router but not yet visible in the replica's figures
     prediction: Prediction | None = None
+    prefix_hit_tokens: int = 0  # prompt tokens this replica holds in its prefix cache
 
     @property
     def load(self) -> int:
@@ -168,6 +169,22 @@ class PowerOfK:
 
 
 @dataclass(frozen=True)
+class PrefixAffinity:
+    """The simple routers' rule: the replica holding the longest cached prefix of the prompt,
+    least loaded among equals (no weights, no prediction)."""
+
+    name: str = "prefix-affinity"
+    needs_prediction: bool = False
+    needs_load: bool = True
+
+    def candidates(self, num_replicas: int, rng: random.Random) -> Sequence[int]:
+        return _all(num_replicas, rng)
+
+    def choose(self, req: RouteRequest, views: Sequence[ReplicaView], rng: random.Random) -> int:
+        return min(views, key=lambda v: (-v.prefix_hit_tokens, v.load, v.kv_usage, v.index)).index
+
+
+@dataclass(frozen=True)
 class Block:
     """Block: the replica with the lowest predicted e2e (or TTFT) for this request.
 
@@ -226,6 +243,7 @@ POLICIES: dict[str, PolicyFactory] = {
     "llumnix": PolicyFactory(lambda: Llumnix(), "most free KV per running request"),
     "least-requests": PolicyFactory(lambda: LeastRequests(), "fewest running+waiting"),
     "least-kv": PolicyFactory(lambda: LeastKv(), "lowest KV-cache usage"),
+    "prefix-affinity": PolicyFactory(lambda: PrefixAffinity(), "longest cached prefix, then load"),
     "round-robin": PolicyFactory(lambda: RoundRobin(), "in turn"),
     "random": PolicyFactory(lambda: Random(), "uniformly at random"),
 }
