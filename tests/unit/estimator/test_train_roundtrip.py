@@ -85,3 +85,18 @@ def test_cli_errors_are_messages_not_tracebacks(
     assert "unreadable" in capsys.readouterr().err
     rc = cli.main(["estimator", "train", "--dim", "0", "--out", str(tmp_path)])
     assert rc == 2
+
+
+def test_reference_predictions_are_scored_like_the_baselines(
+    trained: tuple[Path, Path], small_dump: Path, tmp_path: Path
+) -> None:
+    out, cache = trained
+    artifact = artifacts.load(out)
+    n = artifact.manifest["dataset"]["num_examples"]
+    prior = np.tile(np.asarray(artifact.prior_log, dtype=np.float32), (n, 1))
+    np.save(tmp_path / "prior.npy", prior)
+    report = evaluating.evaluate_artifact(out, cache, small_dump, {"prior": tmp_path / "prior.npy"})
+    assert report["references"]["prior"] == report["baselines"]["global_median"]
+    np.save(tmp_path / "short.npy", prior[:-1])
+    with pytest.raises(ValueError, match="expected"):
+        evaluating.evaluate_artifact(out, cache, small_dump, {"short": tmp_path / "short.npy"})
