@@ -217,3 +217,52 @@ class PredictiveAdvisor:
         body = DrainRequest(replica=pod, draining=draining).model_dump()
         async with self.session.post(base + DRAIN_PATH, json=body, timeout=timeout) as resp:
             resp.raise_for_status()
+
+
+@dataclass
+class AdvisorService:
+    """The `ReplicaAdvisor` of `block operator run`: a `PredictiveAdvisor` whose HTTP session
+    and pod annotator live from kopf's start-up to its clean-up (an aiohttp session must be made
+    inside the running event loop, which kopf owns). Before start-up it has no opinion."""
+
+    api_client: Any
+    interval_s: float = 60.0
+    lead_s: float = 180.0
+    drain_timeout_s: float = 300.0
+    events: EventSink = kopf_events
+    gateway_url: Callable[[meta.ClusterRef], str] = default_gateway_url
+    _advisor: PredictiveAdvisor | None = None
+
+    async def startup(self, **_: Any) -> None:
+        if self._advisor is None:
+            self._advisor = PredictiveAdvisor(
+                session=aiohttp.ClientSession(),
+                pods=ClientPodAnnotator(self.api_client),
+                events=self.events,
+                gateway_url=self.gateway_url,
+                interval_s=self.interval_s,
+                lead_s=self.lead_s,
+                drain_timeout_s=self.drain_timeout_s,
+            )
+
+    async def cleanup(self, **_: Any) -> None:
+        advisor, self._advisor = self._advisor, None
+        if advisor is not None:
+            await advisor.session.close()
+
+    def register(self, registry: Any) -> None:
+        """Open and close the session with the operator (`registry`: a kopf OperatorRegistry)."""
+        import kopf
+
+        kopf.on.startup(registry=registry, id="autoscaler-session")(self.startup)
+        kopf.on.cleanup(registry=registry, id="autoscaler-session")(self.cleanup)
+
+    async def advise(
+        self,
+        cluster: meta.ClusterRef,
+        spec: specs.BlockClusterSpec,
+        status: specs.BlockClusterStatus,
+    ) -> int | None:
+        if self._advisor is None:
+            return None
+        return await self._advisor.advise(cluster, spec, status)

@@ -11,7 +11,7 @@ from typing import Any
 
 import kopf
 
-from block.operator import autoscaling, kube
+from block.operator import autoscaling, kube, provisioning
 from block.operator.blockcluster import children, handlers, meta, reconciling
 from block.operator.settings import OperatorSettings
 
@@ -67,9 +67,23 @@ def build_registry(
     return registry
 
 
+def autoscaler(settings: OperatorSettings, client: Any) -> provisioning.AdvisorService:
+    """Block's predictive autoscaler for clusters that enable it (register it on the registry
+    so its HTTP session opens and closes with the operator)."""
+    return provisioning.AdvisorService(
+        client,
+        interval_s=settings.resync_interval_s,
+        lead_s=settings.autoscaler_lead_s,
+        drain_timeout_s=settings.autoscaler_drain_timeout_s,
+    )
+
+
 def run(settings: OperatorSettings) -> int:
-    kube_api = kube.ClientKube(api_client(), timeout_s=settings.request_timeout_s)
-    registry = build_registry(settings, kube_api)
+    client = api_client()
+    kube_api = kube.ClientKube(client, timeout_s=settings.request_timeout_s)
+    advisor = autoscaler(settings, client)
+    registry = build_registry(settings, kube_api, advisor)
+    advisor.register(registry)
     liveness = None
     if settings.liveness_port:
         liveness = f"http://{settings.liveness_host}:{settings.liveness_port}/healthz"

@@ -37,3 +37,8 @@ class OperatorSettings(BaseSettings):
     # Address it listens on: every interface in a pod (the kubelet probes the pod IP).
     liveness_host: str = "0.0.0.0"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # Auto-provisioning (BlockClusters with spec.autoscaling.enabled; the resync timer is its
+    # control interval): an engine replica's start-up lead time (pull, load weights, warm up)
+    # and the bound on draining a replica before it is removed anyway, seconds.
+    autoscaler_lead_s: Annotated[float, Field(ge=0)] = 180.0
+    autoscaler_drain_timeout_s: Annotated[float, Field(gt=0)] = 300.0

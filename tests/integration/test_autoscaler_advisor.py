@@ -140,3 +140,42 @@ async def test_no_gateway_means_no_opinion(latency: LatencyModel) -> None:
 @pytest.fixture(scope="module")
 def latency() -> LatencyModel:
     return LatencyModel.load("a100", "meta-llama/Llama-2-7b-hf")
+
+
+async def test_operator_run_path_owns_the_session_from_startup_to_cleanup(
+    aiohttp_server: Any, latency: LatencyModel
+) -> None:
+    from kubernetes import client
+
+    from block.operator import kube, running
+    from block.operator.settings import OperatorSettings
+
+    gw = Gateway()
+    server = await aiohttp_server(gw.app())
+    settings = OperatorSettings(resync_interval_s=5.0, autoscaler_lead_s=5.0)
+    api = client.ApiClient()
+    service = running.autoscaler(settings, api)
+    assert (service.interval_s, service.lead_s) == (5.0, 5.0)
+    events: list[tuple[str, str]] = []
+    service.events = lambda c, reason, msg: events.append((reason, msg))
+    service.gateway_url = lambda c: str(server.make_url("")).rstrip("/")
+    registry = running.build_registry(settings, kube.ClientKube(api), service)
+    service.register(registry)
+    # kopf keeps activity handlers in a private registry; its public API has no reader.
+    activities = {(h.id, h.activity.value) for h in registry._activities.get_all_handlers()}
+    assert {("autoscaler-session", "startup"), ("autoscaler-session", "cleanup")} <= activities
+    cluster = meta.ClusterRef("bc", "ns", "uid-3")
+    gw.report = LoadReport(interval_seconds=5.0, arrivals=200, sizes=SIZES,
+                           replicas=replicas(2, busy=40))  # fmt: skip
+    # Before start-up: no session, no opinion, nothing asked of the gateway.
+    assert await service.advise(cluster, spec(2), specs.BlockClusterStatus()) is None
+    assert not events
+    await service.startup()
+    up = await service.advise(cluster, spec(2), specs.BlockClusterStatus())
+    assert up is not None and up > 2
+    assert events and events[-1][0] == "AutoscalerDecision"
+    session = service._advisor.session if service._advisor else None
+    await service.cleanup()
+    assert session is not None and session.closed
+    assert await service.advise(cluster, spec(2), specs.BlockClusterStatus()) is None
+    api.close()
