@@ -122,7 +122,7 @@ async def send_one(
                     continue
                 data = line[5:].strip()
                 if data == b"[DONE]":
-                    break
+                    continue  # read to the end so the connection closes cleanly / is reused
                 chunk = json.loads(data)
                 if chunk.get("error"):
                     res.error = str(chunk["error"])[:300]
