@@ -460,10 +460,12 @@ def predict(args: argparse.Namespace) -> int:
         measured = float(r["measured_ms"])
         with_mixed = total
         if mixed is not None and prefill and decode:
-            # Decodes that share a launch with a prefill chunk: the mixed-launch table.
+            # Decodes that share a launch with a prefill chunk: the mixed-launch table (the
+            # latency model already uses it when the profile has one).
             per_seq_kv = sum(decode) / len(decode)
             swap = mixed(len(decode), per_seq_kv) - lm.attention.decode_s(len(decode), sum(decode))
-            with_mixed += lm.num_layers * swap * 1e3
+            if lm.mixed_decode is None:
+                with_mixed += lm.num_layers * swap * 1e3
         out_rows.append(
             {
                 "step_id": r["step_id"],

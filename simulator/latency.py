@@ -80,9 +80,13 @@ class _Curve:
     __slots__ = ("xs", "ys")
 
     def __init__(self, xs: Sequence[float], ys: Sequence[float]) -> None:
-        order = sorted(range(len(xs)), key=lambda i: xs[i])
-        self.xs = [float(xs[i]) for i in order]
-        self.ys = [float(ys[i]) for i in order]
+        # Tables may repeat an x (several measurements): average them, or the slope divides
+        # by zero.
+        sums: dict[float, list[float]] = {}
+        for x, y in zip(xs, ys, strict=True):
+            sums.setdefault(float(x), []).append(float(y))
+        self.xs = sorted(sums)
+        self.ys = [sum(sums[x]) / len(sums[x]) for x in self.xs]
 
     def __call__(self, x: float) -> float:
         xs, ys = self.xs, self.ys
@@ -173,6 +177,7 @@ class LatencyModel:
         overheads: Overheads = Overheads(),
         max_batch_tokens: int = 65536,
         compat: str = "none",
+        mixed_decode: _Surface | None = None,
     ) -> None:
         self.model = model
         self.gpu = gpu
@@ -200,6 +205,9 @@ class LatencyModel:
         # 8, attention looked up at rounded keys, no KV-cache save), for side-by-side checks.
         self.compat = compat
         self._decode_base: list[float] = []  # per batch size: everything but decode attention
+        # Decode attention measured inside launches that also run a prefill chunk (GQA models
+        # lose their KV-head sharing there); f(batch, KV per sequence), seconds per layer.
+        self.mixed_decode = mixed_decode
 
     @property
     def attention_label(self) -> str:
@@ -212,6 +220,7 @@ class LatencyModel:
             "tensor_parallel": self.tensor_parallel,
             "mlp_profile": str(self.mlp_source),
             "attention_model": self.attention.label,
+            "mixed_step_decode_table": self.mixed_decode is not None,
             "step_overhead_s": self.overheads.step_s,
             "per_seq_overhead_s": self.overheads.per_seq_s,
         }
@@ -237,7 +246,11 @@ class LatencyModel:
         attn = self.attention
         layer = self._mlp_lut[num_tokens] + attn.kv_save_s(num_tokens)
         if num_decode:
-            layer += attn.decode_s(num_decode, decode_kv_total)
+            mixed = self.mixed_decode
+            if prefill and mixed is not None:
+                layer += mixed(num_decode, decode_kv_total / num_decode)
+            else:
+                layer += attn.decode_s(num_decode, decode_kv_total)
         for chunk, kv_before in prefill:
             layer += attn.prefill_s(chunk, kv_before)
         seqs = num_decode + len(prefill)
@@ -304,17 +317,24 @@ class LatencyModel:
         mlp = profiles.read_mlp_table(mlp_path, tensor_parallel)
         attn_model: AttentionModel
         attn_path: Path | None = None
+        mixed: _Surface | None = None
         if attention == "auto":
             attn_path = profiles.find_profile_file(spec.name, shape.name, "attention.csv")
         elif attention != "analytic":
             attn_path = Path(attention)
         if attn_path is not None:
             attn_model = TableAttention(profiles.read_attention_table(attn_path, tensor_parallel))
+            mixed_path = attn_path.with_name("attention_mixed.csv")
+            if mixed_path.is_file():
+                mixed = _Surface(profiles.read_attention_table(mixed_path, tensor_parallel).decode)
         else:
             attn_model = roofline_attention(shape, spec, tensor_parallel)
         overheads_path = profiles.find_profile_file(spec.name, shape.name, "overhead.json")
         overheads = Overheads.read(overheads_path) if compat == "none" else Overheads()
-        return cls(shape, spec, tensor_parallel, mlp, attn_model, overheads, compat=compat)
+        return cls(
+            shape, spec, tensor_parallel, mlp, attn_model, overheads, compat=compat,
+            mixed_decode=mixed,
+        )  # fmt: skip
 
 
 def roofline_attention(model: ModelShape, gpu: GpuSpec, tensor_parallel: int) -> RooflineAttention:
