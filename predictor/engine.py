@@ -11,6 +11,7 @@ that produced them ends; a client that goes away is dropped from the replica at 
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import random
@@ -416,6 +417,8 @@ def create_engine_app(
         )
         engine.start()
         app[ENGINE] = twin
+        gc.collect()
+        gc.freeze()  # long-lived tables and data: shorter collector pauses
         load = engine.load
         logger.info(
             "engine twin: %s on %s (TP %d), %d KV blocks of %d tokens, noise sigma %.2f, bias %.2f",

@@ -104,6 +104,8 @@ class Proxy:
             async with self.session.post(
                 url, data=raw, headers=headers, timeout=self.timeout
             ) as up:
+                if tracked is not None:  # the engine has it: now predict it, off the path
+                    self.twin.predict_arrival(tracked)
                 if up.status != 200:
                     body = await up.read()
                     self.metrics.upstream_errors.labels("status").inc()

@@ -17,9 +17,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 from aiohttp import web
@@ -279,9 +280,10 @@ def create_app(
     tokens: Tokens | None = None,
     lengths: LengthDistribution | None = None,
     latency: LatencyModel | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> web.Application:
     """The sidecar's app. The profile, tokenizer and length data load at startup; tests may
-    pass already-loaded ones."""
+    pass already-loaded ones, and benchmarks a clock to freeze the twin's time."""
     app = problems.new_app(settings.max_body_bytes)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -291,6 +293,7 @@ def create_app(
             lengths if lengths is not None else LengthDistribution.sharegpt(),
             sync_interval_s=settings.sync_interval_s,
             prior_output_tokens=settings.prior_output_tokens,
+            clock=clock,
         )
         connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30.0)
         async with aiohttp.ClientSession(connector=connector) as session:
@@ -300,6 +303,10 @@ def create_app(
             app[SIDECAR] = side
             await side.reconcile_once()  # learn the engine's KV cache before any traffic
             task = asyncio.create_task(side.reconcile_forever())
+            # Tables, tokenizer and length data are long-lived: keep them out of the cyclic
+            # collector's generations so its pauses stay short (prediction p99).
+            gc.collect()
+            gc.freeze()
             logger.info(
                 "predictor for %s at %s: twin with %d KV blocks, engine %s",
                 settings.model_name, settings.engine_url, twin.replica.num_blocks,
