@@ -41,7 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--live", action="store_true", help="against real processes on loopback")
     p.add_argument(
-        "--live-qps", default="4,8,11", help="--live: loads to measure (req/s), comma-separated"
+        "--live-qps", default="8,11,14", help="--live: loads to measure (req/s), comma-separated"
     )
     from block.experiments import live
 

@@ -25,7 +25,7 @@ DEFAULT_POLICIES = "block,least-requests,round-robin"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_live_arguments(p)
-    p.add_argument("--qps", type=float, default=6.0, help="offered load (req/s)")
+    p.add_argument("--qps", type=float, default=13.0, help="offered load (req/s)")
     p.add_argument("--policies", default=DEFAULT_POLICIES, help="gateway policies to compare")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -35,7 +35,7 @@ def add_live_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--live-replicas", type=int, default=4, help="engine twins + sidecars")
     g.add_argument("--live-max-num-seqs", type=int, default=8, help="batch cap of each engine")
     g.add_argument("--live-chunk-size", type=int, default=512, help="chunk of each engine")
-    g.add_argument("--live-requests", type=int, default=150, help="requests per policy")
+    g.add_argument("--live-requests", type=int, default=200, help="requests per policy")
     g.add_argument(
         "--max-tokens-cap", type=int, default=256, help="cap on max_tokens (keeps 2 cores up)"
     )

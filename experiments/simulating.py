@@ -94,15 +94,17 @@ class _Beliefs:
             for rid in outran:
                 if rid not in twin.recorder.finished:
                     continue  # not submitted to this twin (cannot happen; be safe)
-                generated = max(1, engine.progress(rid) or 1)
+                generated = engine.progress(rid) or 0
                 req = self.wl.requests[rid]
-                cap = engine.max_model_len - req.prompt_tokens
+                cap = engine.max_model_len - req.prompt_tokens  # most tokens it may produce
+                if generated >= cap:
+                    continue  # it must stop at its next step; nothing to add
                 more = max(1, min(self.remaining(generated), cap - generated))
-                twin.resume(
-                    Request(rid, req.arrival_s, req.prompt_tokens, generated + more),
-                    generated,
-                    now,
-                )
+                belief = Request(rid, req.arrival_s, req.prompt_tokens, generated + more)
+                if generated == 0:  # still queued or prefilling at the engine
+                    twin.submit(belief, now)
+                else:
+                    twin.resume(belief, generated, now)
         return twin
 
 
