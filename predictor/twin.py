@@ -198,10 +198,11 @@ class LiveTwin:
         """The engine finished the request; it leaves the twin."""
         now = self.now()
         self.last_heard_s = now
+        predicted = self.predict_arrival(t)
         self._remove(t, now)
         ttft = None if t.first_token_s is None or not t.streaming else t.first_token_s - t.arrival_s
         produced = completion_tokens if completion_tokens is not None else t.streamed
-        return Outcome(self.predict_arrival(t), ttft, now - t.arrival_s, produced)
+        return Outcome(predicted, ttft, now - t.arrival_s, produced)
 
     def cancel(self, t: Tracked) -> None:
         """The request failed or its client left; it leaves the twin."""
