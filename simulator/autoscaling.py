@@ -53,7 +53,8 @@ class AutoscalerConfig:
     stabilisation_s: float = 60.0  # scale down only to the max recommendation of this window
     max_up: int = 4  # replicas added per interval at most
     max_down: int = 1  # replicas removed per interval at most
-    burst_sigmas: float = 1.0  # forecast margin, in one-step forecast errors
+    burst_sigmas: float = 0.5  # forecast margin, in one-step forecast errors (level error:
+    # the what-if already draws the arrivals' own noise, so a full sigma counts it twice)
     max_sim_requests: int = 3000  # synthetic requests per what-if at most (shortens the window)
     max_cv: float = 4.0  # cap on the burstiness used for synthetic arrivals
     holt: HoltParams = field(default_factory=HoltParams)
