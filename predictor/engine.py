@@ -93,6 +93,7 @@ class EngineTwin:
         engine.on_first_token = self._first_token
         engine.on_token = self._token
         engine.on_finish = self._finish
+        engine.on_lag = self.metrics.clock_lag.observe
         self._reasons: dict[int, str] = {}
 
     # ------------------------------------------------------------------ metrics hooks

@@ -31,6 +31,7 @@ VLLM_TPOT_BUCKETS = (
 )  # fmt: skip
 TOKEN_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000)
 
+LAG_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
 # Prediction compute time lives in tens to hundreds of microseconds.
 PREDICT_BUCKETS = (
     0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
@@ -90,6 +91,7 @@ class EngineMetrics:
     inter_token: Histogram
     request_prompt_tokens: Histogram
     request_generation_tokens: Histogram
+    clock_lag: Histogram
     model_name: str
 
     @classmethod
@@ -164,6 +166,14 @@ class EngineMetrics:
                 "vllm:request_generation_tokens",
                 "Number of generation tokens processed.",
                 TOKEN_BUCKETS,
+            ),
+            clock_lag=Histogram(
+                "block_engine_clock_lag_seconds",
+                "How late the engine twin's clock reached the end of each simulated step "
+                "(tokens are sent that much later than simulated; large values mean the "
+                "twin is short of CPU).",
+                buckets=LAG_BUCKETS,
+                registry=r,
             ),
             model_name=model_name,
         )

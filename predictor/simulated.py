@@ -108,6 +108,9 @@ class SimulatedEngine:
         self.on_first_token: StepObserver | None = None
         self.on_token: StepObserver | None = None  # before `last_token_s` moves on
         self.on_finish: StepObserver | None = None
+        # How late the clock reached each step's end (an event loop starved of CPU delivers
+        # tokens later than the simulation says): seconds, for a lag histogram.
+        self.on_lag: Callable[[float], None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -173,7 +176,11 @@ class SimulatedEngine:
     def _tick(self) -> None:
         self._timer = None
         try:
-            self.replica.advance_to(self.now())
+            now = self.now()
+            due = self.replica.next_event_s
+            if self.on_lag is not None and due is not None:
+                self.on_lag(max(0.0, now - due))
+            self.replica.advance_to(now)
         except Exception:  # a bug must not stop the clock for every other request
             logger.exception("engine twin step failed")
         self._schedule()
