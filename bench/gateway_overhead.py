@@ -25,7 +25,6 @@ loaded gateway.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import random
@@ -168,16 +167,38 @@ def wait_http(url: str, timeout_s: float = 30.0) -> None:
         time.sleep(0.1)
 
 
-def wrk(url: str, lua: Path, connections: int, seconds: float, core: int) -> dict[str, Any]:
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of these processes so far (from /proc)."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def children(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def wrk(
+    url: str, lua: Path, connections: int, seconds: float, core: int, pids: list[int]
+) -> dict[str, Any]:
+    """One wrk run; with `pids`, also the CPU those processes spent per request."""
     duration = f"-d{max(1, round(seconds))}s"
     cmd = [
         "taskset", "-c", str(core), "wrk", "-t1", f"-c{connections}", duration,
         "--timeout", "5s", "-s", str(lua), url + "/v1/completions",
     ]  # fmt: skip
+    cpu0 = cpu_seconds(pids)
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    cpu = cpu_seconds(pids) - cpu0
     line = next(ln for ln in out.splitlines() if ln.startswith("RESULT "))
     result: dict[str, Any] = json.loads(line.removeprefix("RESULT "))
     result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
+    if pids:
+        # CPU the proxy spent per request: what bounds req/s on a core of its own, whatever
+        # else the machine did during the run.
+        result["cpu_us_per_request"] = 1e6 * cpu / max(1, result["requests"])
     return result
 
 
@@ -191,8 +212,8 @@ def gateway_cmd(port: int, replicas: list[int], policy: str) -> list[str]:
     ]  # fmt: skip
 
 
-def histogram_p(url: str, name: str, q: float) -> float | None:
-    """Quantile `q` of a Prometheus histogram (upper bucket bound that reaches it)."""
+def histogram_quantile(url: str, name: str, q: float) -> float | None:
+    """Quantile `q` of a Prometheus histogram: the first bucket bound that reaches it."""
     with urllib.request.urlopen(url + "/metrics", timeout=5) as r:
         text = r.read().decode()
     buckets = []
@@ -203,14 +224,12 @@ def histogram_p(url: str, name: str, q: float) -> float | None:
     if not buckets or buckets[-1][1] == 0:
         return None
     total = buckets[-1][1]
-    for le, count in buckets:
-        if count >= q * total:
-            return le
-    return None
+    return next(le for le, count in buckets if count >= q * total)
 
 
 async def decide_latency(replicas: list[int], n: int, policy: str) -> dict[str, float]:
     """Time `Router.decide` against the live predictors, one decision after another."""
+    from block.scheduler.discovery import static_endpoints
     from block.scheduler.metrics import SchedulerMetrics
     from block.scheduler.predicting import PredictorClient
     from block.scheduler.replicas import ReplicaSet
@@ -221,32 +240,80 @@ async def decide_latency(replicas: list[int], n: int, policy: str) -> dict[str, 
     urls = [f"http://127.0.0.1:{p}" for p in replicas]
     settings = SchedulerSettings(replicas=urls, policy=policy, predict_deadline_s=0.005)
     metrics = SchedulerMetrics.create()
-    rs = ReplicaSet()
-    from block.scheduler.discovery import static_endpoints
-
-    rs.update(static_endpoints(urls))
-    if True:
-        predictor = PredictorClient(settings, metrics)
-        router = Router(settings, rs, predictor, metrics, random.Random(0))
-        route = RouteRequest(prompt_tokens=12, output_tokens=16)
-        times = []
-        answered = 0
-        for i in range(n + 200):
-            t0 = time.perf_counter()
-            d = await router.decide(route, set())
-            dt = time.perf_counter() - t0
-            d.ticket.release()
-            if i >= 200:  # warm-up: connections opened
-                times.append(dt)
-                answered += d.answered
-        await predictor.close()
+    replica_set = ReplicaSet()
+    replica_set.update(static_endpoints(urls))
+    predictor = PredictorClient(settings, metrics)
+    router = Router(settings, replica_set, predictor, metrics, random.Random(0))
+    route = RouteRequest(prompt_tokens=12, output_tokens=16)
+    times, answered, asked = [], 0, 0
+    warmup = 200
+    for i in range(n + warmup):
+        t0 = time.perf_counter()
+        decision = await router.decide(route, set())
+        dt = time.perf_counter() - t0
+        decision.ticket.release()
+        if i >= warmup:  # connections are open by then
+            times.append(dt)
+            answered += decision.answered
+            asked += decision.asked
+    await predictor.close()
     times.sort()
     return {
         "p50_ms": 1e3 * times[len(times) // 2],
         "p99_ms": 1e3 * times[int(len(times) * 0.99)],
         "mean_ms": 1e3 * statistics.fmean(times),
-        "answered_ratio": answered / (n * (REPLICAS if policy == "block" else 2)),
+        "answered_ratio": answered / max(1, asked),
     }
+
+
+def run(
+    args: argparse.Namespace, tmp: Path, procs: list[subprocess.Popen[bytes]]
+) -> dict[str, Any]:
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    ports = free_ports(REPLICAS + 4)
+    rep_ports, nginx_port, gw_ports = ports[:REPLICAS], ports[REPLICAS], ports[REPLICAS + 1 :]
+    lua = tmp / "post.lua"
+    lua.write_text(WRK_LUA % BODY)
+    backends = nginx_conf(tmp, replica_servers(rep_ports), "replicas")
+    proxy = nginx_conf(tmp, proxy_server(nginx_port, rep_ports), "proxy")
+    procs.append(subprocess.Popen(["taskset", "-c", "1", nginx, "-c", str(backends),
+                                   "-p", str(tmp)]))  # fmt: skip
+    procs.append(subprocess.Popen(["taskset", "-c", "0", nginx, "-c", str(proxy),
+                                   "-p", str(tmp)]))  # fmt: skip
+    nginx_master = procs[-1].pid
+    targets = {"direct": f"http://127.0.0.1:{rep_ports[0]}",
+               "nginx-rr": f"http://127.0.0.1:{nginx_port}"}  # fmt: skip
+    pids: dict[str, list[int]] = {"direct": []}
+    for port, policy in zip(gw_ports, ("round-robin", "block-k2", "block"), strict=True):
+        cmd = ["taskset", "-c", "0", *gateway_cmd(port, rep_ports, policy)]
+        procs.append(subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"}))
+        targets[f"gateway {policy}"] = f"http://127.0.0.1:{port}"
+        pids[f"gateway {policy}"] = [procs[-1].pid]  # taskset execs: this is the gateway
+    for t, url in targets.items():
+        wait_http(url + ("/healthz" if t.startswith("gateway") else "/readyz"))
+    pids["nginx-rr"] = children(nginx_master)
+    for url in targets.values():  # warm up connections and code paths
+        wrk(url, lua, 8, 1, 1, [])
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {
+        t: {"latency": [], "throughput": []} for t in targets
+    }
+    for r in range(args.rounds):
+        order = list(targets)
+        random.Random(r).shuffle(order)
+        for t in order:
+            runs[t]["latency"].append(wrk(targets[t], lua, 1, args.seconds, 1, []))
+            runs[t]["throughput"].append(
+                wrk(targets[t], lua, args.connections, args.seconds, 1, pids[t])
+            )
+        print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
+    hist = histogram_quantile(targets["gateway block"], "block_scheduler_decision_seconds", 0.99)
+    os.sched_setaffinity(0, {0})
+    import uvloop
+
+    decide8 = uvloop.run(decide_latency(rep_ports, args.decisions, "block"))
+    decide2 = uvloop.run(decide_latency(rep_ports, args.decisions, "block-k2"))
+    return {"targets": list(targets), "runs": runs, "hist_p99_s": hist,
+            "decide8": decide8, "decide2": decide2}  # fmt: skip
 
 
 def main() -> int:
@@ -257,54 +324,18 @@ def main() -> int:
     ap.add_argument("--decisions", type=int, default=2000)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    for tool in ("nginx", "wrk", "taskset"):
-        if shutil.which(tool) is None and not Path("/usr/sbin/nginx").exists():
-            print(f"needs {tool} (apt-get install nginx wrk)", file=sys.stderr)
+    for tool in ("wrk", "taskset"):
+        if shutil.which(tool) is None:
+            print(f"needs {tool} (apt-get install wrk util-linux)", file=sys.stderr)
             return 2
-    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    if shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists():
+        print("needs nginx (apt-get install nginx)", file=sys.stderr)
+        return 2
     procs: list[subprocess.Popen[bytes]] = []
     tmp = Path(tempfile.mkdtemp(prefix="block-bench-"))
+    load_before = os.getloadavg()
     try:
-        ports = free_ports(REPLICAS + 5)
-        rep_ports, nginx_port, gw_ports = ports[:REPLICAS], ports[REPLICAS], ports[REPLICAS + 1 :]
-        lua = tmp / "post.lua"
-        lua.write_text(WRK_LUA % BODY)
-        backends = nginx_conf(tmp, replica_servers(rep_ports), "replicas")
-        proxy = nginx_conf(tmp, proxy_server(nginx_port, rep_ports), "proxy")
-        procs.append(subprocess.Popen(["taskset", "-c", "1", nginx, "-c", str(backends),
-                                       "-p", str(tmp)]))  # fmt: skip
-        procs.append(subprocess.Popen(["taskset", "-c", "0", nginx, "-c", str(proxy),
-                                       "-p", str(tmp)]))  # fmt: skip
-        targets = {"direct": f"http://127.0.0.1:{rep_ports[0]}",
-                   "nginx-rr": f"http://127.0.0.1:{nginx_port}"}  # fmt: skip
-        for port, policy in zip(gw_ports, ("round-robin", "block-k2", "block"), strict=False):
-            env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-            cmd = ["taskset", "-c", "0", *gateway_cmd(port, rep_ports, policy)]
-            procs.append(subprocess.Popen(cmd, env=env))
-            targets[f"gateway {policy}"] = f"http://127.0.0.1:{port}"
-        for t, url in targets.items():
-            wait_http(url + ("/healthz" if t.startswith("gateway") else "/readyz"))
-        # Warm up every target (connections, code paths).
-        for url in targets.values():
-            wrk(url, lua, 8, 1, core=1)
-        runs: dict[str, dict[str, list[dict[str, Any]]]] = {
-            t: {"latency": [], "throughput": []} for t in targets
-        }
-        for r in range(args.rounds):
-            order = list(targets)
-            random.Random(r).shuffle(order)
-            for t in order:
-                runs[t]["latency"].append(wrk(targets[t], lua, 1, args.seconds, core=1))
-                runs[t]["throughput"].append(
-                    wrk(targets[t], lua, args.connections, args.seconds, core=1)
-                )
-            print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
-        decision_hist = histogram_p(
-            targets["gateway block"], "block_scheduler_decision_seconds", 0.99
-        )
-        os.sched_setaffinity(0, {0})
-        decide = asyncio.run(decide_latency(rep_ports, args.decisions, "block"))
-        decide_k2 = asyncio.run(decide_latency(rep_ports, args.decisions, "block-k2"))
+        got = run(args, tmp, procs)
     finally:
         for p in procs:
             p.terminate()
@@ -314,40 +345,44 @@ def main() -> int:
             except subprocess.TimeoutExpired:
                 p.kill()
         shutil.rmtree(tmp, ignore_errors=True)
+    runs = got["runs"]
 
     def med(t: str, kind: str, key: str) -> float:
-        return statistics.median(x[key] for x in runs[t][kind])
+        values = [x[key] for x in runs[t][kind] if key in x]
+        return statistics.median(values) if values else float("nan")
 
-    report: dict[str, Any] = {"targets": {}, "load_avg": os.getloadavg()}
+    report: dict[str, Any] = {"targets": {}, "load_avg_before": load_before,
+                              "load_avg_after": os.getloadavg()}  # fmt: skip
     base50, base99 = med("direct", "latency", "p50_us"), med("direct", "latency", "p99_us")
-    print(
-        f"{'target':22} {'p50 µs':>8} {'p99 µs':>8} {'+p50 µs':>8} {'+p99 µs':>8} {'max req/s':>10}"
-    )
-    for t in targets:
+    print(f"{'target':22} {'p50 µs':>8} {'p99 µs':>8} {'+p50 µs':>8} {'+p99 µs':>8} "
+          f"{'req/s':>7} {'CPU µs/req':>10} {'req/s/core':>10}")  # fmt: skip
+    for t in got["targets"]:
         p50, p99 = med(t, "latency", "p50_us"), med(t, "latency", "p99_us")
-        rps = med(t, "throughput", "rps")
-        errors = sum(
-            x["errors"] + x["non2xx"] for k in ("latency", "throughput") for x in runs[t][k]
-        )
+        rps, cpu = med(t, "throughput", "rps"), med(t, "throughput", "cpu_us_per_request")
+        errors = sum(x["errors"] + x["non2xx"] for k in runs[t].values() for x in k)
         report["targets"][t] = {
             "p50_us": p50, "p99_us": p99, "added_p50_us": p50 - base50,
-            "added_p99_us": p99 - base99, "max_rps": rps, "errors": errors, "runs": runs[t],
+            "added_p99_us": p99 - base99, "rps": rps, "cpu_us_per_request": cpu,
+            "rps_per_core": 1e6 / cpu if cpu == cpu else None, "errors": errors,
+            "runs": runs[t],
         }  # fmt: skip
-        print(f"{t:22} {p50:8.0f} {p99:8.0f} {p50 - base50:8.0f} {p99 - base99:8.0f} {rps:10.0f}"
-              + (f"  ({errors} errors)" if errors else ""))  # fmt: skip
-    ng = report["targets"]["nginx-rr"]
-    gw = report["targets"]["gateway round-robin"]
-    ratio = gw["added_p99_us"] / max(1.0, ng["added_p99_us"])
-    print(f"added p99, gateway (no fan-out) / nginx: {ratio:.2f}x")
-    print(f"decision latency, block over 8 predictors, in-process: p50 {decide['p50_ms']:.3f} ms, "
-          f"p99 {decide['p99_ms']:.3f} ms (answered {decide['answered_ratio']:.1%})")  # fmt: skip
-    print(f"decision latency, block-k2, in-process: p50 {decide_k2['p50_ms']:.3f} ms, "
-          f"p99 {decide_k2['p99_ms']:.3f} ms")  # fmt: skip
-    print(f"decision latency p99 under load (gateway histogram, bucket bound): {decision_hist} s")
-    report["added_p99_ratio_vs_nginx"] = ratio
-    report["decision_block8_inprocess"] = decide
-    report["decision_blockk2_inprocess"] = decide_k2
-    report["decision_block8_under_load_p99_bucket_s"] = decision_hist
+        per_core = f"{1e6 / cpu:10.0f}" if cpu == cpu else f"{'-':>10}"
+        note = f"  ({errors} errors)" if errors else ""
+        print(f"{t:22} {p50:8.0f} {p99:8.0f} {p50 - base50:8.0f} {p99 - base99:8.0f} "
+              f"{rps:7.0f} {cpu:10.0f} {per_core}{note}")  # fmt: skip
+    ng, gw = report["targets"]["nginx-rr"], report["targets"]["gateway round-robin"]
+    ratio50 = gw["added_p50_us"] / max(1.0, ng["added_p50_us"])
+    ratio99 = gw["added_p99_us"] / max(1.0, ng["added_p99_us"])
+    print(f"added latency, gateway round-robin / nginx: p50 {ratio50:.2f}x, p99 {ratio99:.2f}x")
+    for key, name in (("decide8", "block, fan-out to 8"), ("decide2", "block-k2, fan-out to 2")):
+        d = got[key]
+        print(f"decision latency, {name}, in-process: p50 {d['p50_ms']:.3f} ms, "
+              f"p99 {d['p99_ms']:.3f} ms, {d['answered_ratio']:.1%} answered in time")  # fmt: skip
+    print(f"decision latency p99 in the loaded gateway (histogram bucket): {got['hist_p99_s']} s")
+    print(f"load average before/after: {load_before[0]:.1f} / {os.getloadavg()[0]:.1f}")
+    report.update(added_ratio_vs_nginx={"p50": ratio50, "p99": ratio99},
+                  decision_block8=got["decide8"], decision_blockk2=got["decide2"],
+                  decision_block8_loaded_p99_bucket_s=got["hist_p99_s"])  # fmt: skip
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2))

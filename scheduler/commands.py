@@ -14,7 +14,7 @@ _FIELDS = (
     "load_figures", "length_source", "prior_output_tokens", "chars_per_token", "slo_ttft_s",
     "slo_e2e_s", "slo_slack", "max_waiting_per_replica", "max_attempts", "connect_timeout_s",
     "read_timeout_s", "health_interval_s", "max_body_bytes", "api_keys_file", "log_level",
-    "cluster_config",
+    "cluster_config", "event_loop",
 )  # fmt: skip
 
 
@@ -84,6 +84,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.add_argument("--log-json", action="store_true", default=None, help="JSON log lines")
     p.add_argument("--no-access-log", action="store_true", help="no per-request access log")
+    p.add_argument("--event-loop", choices=["auto", "uvloop", "asyncio"], help="(auto: uvloop)")
     p.set_defaults(handler=run)
 
 
@@ -130,8 +131,14 @@ def run(args: argparse.Namespace) -> int:
     except BlockError as e:
         print(f"block scheduler: {e.detail}", file=sys.stderr)
         return 2
+    try:
+        loop = new_event_loop(settings.event_loop)
+    except ImportError:
+        print("block scheduler: --event-loop uvloop needs the uvloop package", file=sys.stderr)
+        return 2
     web.run_app(
         app,
+        loop=loop,
         host=settings.host,
         port=settings.port,
         print=None,
@@ -139,6 +146,21 @@ def run(args: argparse.Namespace) -> int:
         handler_cancellation=True,  # a client gone cancels its upstream request
     )
     return 0
+
+
+def new_event_loop(kind: str) -> Any:
+    """An event loop of the kind asked: uvloop, asyncio's own, or uvloop if installed."""
+    import asyncio
+
+    if kind != "asyncio":
+        try:
+            import uvloop
+
+            return uvloop.new_event_loop()
+        except ImportError:
+            if kind == "uvloop":
+                raise
+    return asyncio.new_event_loop()
 
 
 def load_estimator(source: str) -> Any:

@@ -45,8 +45,7 @@ class _Conn(asyncio.Protocol):
         self._body = bytearray()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]  # a stream transport
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -198,12 +197,14 @@ class PredictorPool:
                 return conn
         loop = asyncio.get_running_loop()
         try:
-            _, conn = await asyncio.wait_for(
+            transport, conn = await asyncio.wait_for(
                 loop.create_connection(_Conn, self._host, self._port, ssl=self._ssl),
                 self._connect_timeout_s,
             )
         except TimeoutError as e:
             raise PredictorHttpError("connect timed out") from e
+        # uvloop may hand the connection over before calling connection_made.
+        conn.transport = transport
         return conn
 
     def _release(self, conn: _Conn) -> None:

@@ -110,6 +110,9 @@ class SchedulerSettings(BaseSettings):
     api_keys_file: Path | None = None
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # uvloop serves about 30 % more requests per core than asyncio's own loop; "auto" uses it
+    # when installed (it is a dependency on Linux and macOS).
+    event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
 
     @model_validator(mode="after")
     def _check(self) -> SchedulerSettings:

@@ -167,3 +167,30 @@ async def test_cancelled_call_drops_its_connection() -> None:
     assert (await pool.post(b"{}"))[0] == 200  # a fresh one works (aiohttp, chunk-free JSON)
     pool.close()
     await server.close()
+
+
+def test_on_uvloop() -> None:
+    """The gateway runs on uvloop, which may hand a connection over before connection_made."""
+    uvloop = pytest.importorskip("uvloop")
+
+    async def scenario() -> None:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while True:
+                try:
+                    await reader.readuntil(b"\r\n\r\n")
+                    await reader.readexactly(2)
+                except asyncio.IncompleteReadError:
+                    break
+                writer.write(fixed(b"ok"))
+            writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        pool = PredictorPool(f"http://127.0.0.1:{port}", 1.0)
+        results = await asyncio.gather(*(pool.post(b"{}") for _ in range(3)))
+        assert results == [(200, b"ok")] * 3
+        assert await pool.post(b"{}") == (200, b"ok")
+        pool.close()
+        server.close()
+
+    uvloop.run(scenario())
