@@ -34,6 +34,7 @@ logger = logging.getLogger(__name__)
 OUTPUT_TOKENS_HEADER = "x-block-output-tokens"
 REPLICA_HEADER = "x-block-replica"
 DONE = b"data: [DONE]"
+ERROR_EVENT = b'data: {"error"'  # unambiguous: generated text inside JSON has its quotes escaped
 _UPSTREAM_ERRORS = (aiohttp.ClientError, TimeoutError)
 
 
@@ -192,6 +193,7 @@ class Proxy:
         await out.write(first)
         tail = first[-64:]
         broken: str | None = None
+        relayed_error = ERROR_EVENT in first
         while True:
             try:
                 chunk = await resp.content.readany()
@@ -202,14 +204,19 @@ class Proxy:
                 break
             # Client write errors propagate: a client gone is not the replica's fault.
             await out.write(chunk)
-            tail = (tail + chunk)[-64:]
+            window = tail + chunk
+            # The sidecar reports an engine that died mid-stream with an error event of its
+            # own; the client has it already, the replica is still to blame.
+            relayed_error = relayed_error or ERROR_EVENT in window
+            tail = window[-64:]
         if broken is None and DONE not in tail:
-            broken = "the stream ended without [DONE]"
+            broken = "the replica sent an error event" if relayed_error else "no [DONE]"
         if broken is not None:
             self._fail(replica, "stream")
             self._metrics.stream_errors.labels(replica.name).inc()
             logger.warning("request %s: stream from %s broke: %s", request_id, replica.name, broken)
-            await out.write(error_event(f"the replica serving this stream failed: {broken}"))
+            if not relayed_error:
+                await out.write(error_event(f"the replica serving this stream failed: {broken}"))
         else:
             replica.note_success()
         await out.write_eof()

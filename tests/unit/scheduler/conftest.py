@@ -47,6 +47,7 @@ class FakeSidecar:
     chunk_delay_s: float = 0.0
     cut_after_chunks: int | None = None  # drop the connection after this many chunks
     end_without_done: bool = False
+    error_after_chunks: int | None = None  # send an SSE error event, then end (no [DONE])
     # records
     predicts: int = 0
     served: int = 0
@@ -128,6 +129,11 @@ class FakeSidecar:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
         for i in range(self.chunks):
+            if self.error_after_chunks is not None and i >= self.error_after_chunks:
+                error = {"error": {"message": "engine died", "type": "upstream_error"}}
+                await resp.write(b"data: " + json.dumps(error).encode() + b"\n\n")
+                await resp.write_eof()
+                return resp
             if self.cut_after_chunks is not None and i >= self.cut_after_chunks:
                 assert request.transport is not None
                 request.transport.abort()  # the replica dies mid-stream

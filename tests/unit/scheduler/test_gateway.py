@@ -263,9 +263,27 @@ async def test_stream_without_done_is_an_error(sidecars: Any, gateway: Any) -> N
     gw = await gateway(fakes)
     async with client(gw) as c:
         stream = await c.completions.create(model="m", prompt="Hi", stream=True)
-        with pytest.raises(openai.APIError, match="without \\[DONE\\]"):
+        with pytest.raises(openai.APIError, match="no \\[DONE\\]"):
             async for _ in stream:
                 pass
+
+
+async def test_sidecar_error_event_is_relayed_once_and_replica_avoided(
+    sidecars: Any, gateway: Any
+) -> None:
+    fakes = await sidecars(2, chunks=4)
+    fakes[0].error_after_chunks = 1
+    fakes[0].e2e_s = 0.1
+    gw = await gateway(fakes, policy="block")
+    async with aiohttp.ClientSession() as s:
+        body = {**BODY, "stream": True}
+        async with s.post(gw.make_url("/v1/completions"), json=body) as r:
+            text = (await r.read()).decode()
+        assert text.count('"error"') == 1 and "engine died" in text
+        async with s.post(gw.make_url("/v1/completions"), json=body) as r:
+            assert r.headers["x-block-replica"] == fakes[1].replica_name
+            assert (await r.read()).endswith(b"data: [DONE]\n\n")
+    assert metric(await scrape(gw), "block_scheduler_stream_errors_total") == 1
 
 
 async def test_stream_failing_before_first_byte_is_retried(sidecars: Any, gateway: Any) -> None:
