@@ -1,0 +1,129 @@
+"""A small Block cluster on loopback: engine twins, their predictor sidecars, gateways.
+
+Everything is the real service (`block engine`, `block predictor`, `block scheduler` apps)
+started in-process on free ports; timing is the engine twin's simulated A100 in real time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestServer
+
+from block.predictor.engine import create_engine_app
+from block.predictor.lengths import LengthDistribution
+from block.predictor.service import create_app as create_sidecar_app
+from block.predictor.serving import Server, start
+from block.predictor.settings import EngineSettings, PredictorSettings
+from block.predictor.tokens import Tokens
+from block.scheduler import SchedulerSettings, create_app
+from block.simulator.latency import LatencyModel
+
+MODEL = "meta-llama/Llama-2-7b-hf"
+
+
+@dataclass(frozen=True)
+class Resources:
+    tokens: Tokens
+    lengths: LengthDistribution
+    latency: LatencyModel
+
+
+@pytest.fixture(scope="session")
+def resources() -> Resources:
+    return Resources(
+        Tokens.llama3(), LengthDistribution.sharegpt(), LatencyModel.load("a100", MODEL)
+    )
+
+
+@dataclass
+class Replica:
+    """One engine twin and the sidecar in front of it."""
+
+    engine: Server
+    sidecar: Server
+    stopped: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return self.sidecar.url
+
+    @property
+    def name(self) -> str:
+        """The gateway's name for it (host:port of the sidecar)."""
+        return f"127.0.0.1:{self.sidecar.port}"
+
+    async def stop_engine(self) -> None:
+        self.stopped.append("engine")
+        await self.engine.stop()
+
+    async def stop_sidecar(self) -> None:
+        self.stopped.append("sidecar")
+        await self.sidecar.stop()
+
+
+Cluster = Callable[..., Awaitable[list[Replica]]]
+
+
+@pytest.fixture
+async def cluster(resources: Resources) -> AsyncIterator[Cluster]:
+    """`await cluster(n, **engine_settings)`: n replicas (engine twin + sidecar)."""
+    replicas: list[Replica] = []
+
+    async def make(n: int, **engine_kw: Any) -> list[Replica]:
+        out = []
+        for i in range(n):
+            settings = EngineSettings(port=0, seed=i, **engine_kw)
+            engine = await start(
+                create_engine_app(settings, resources.tokens, resources.lengths, resources.latency)
+            )
+            side_settings = PredictorSettings(
+                port=0, engine_url=engine.url, reconcile_interval_s=0.2
+            )
+            sidecar = await start(
+                create_sidecar_app(
+                    side_settings, resources.tokens, resources.lengths, resources.latency
+                )
+            )
+            out.append(Replica(engine, sidecar))
+        replicas.extend(out)
+        return out
+
+    yield make
+    for r in replicas:
+        if "sidecar" not in r.stopped:
+            await r.sidecar.stop()
+        if "engine" not in r.stopped:
+            await r.engine.stop()
+
+
+Gateway = Callable[..., Awaitable[TestServer]]
+
+
+@pytest.fixture
+async def gateway() -> AsyncIterator[Gateway]:
+    """`await gateway(replicas, **settings)`: a gateway in front of them."""
+    servers: list[TestServer] = []
+
+    async def make(replicas: list[Replica], **kw: Any) -> TestServer:
+        values: dict[str, Any] = {
+            "replicas": [r.url for r in replicas],
+            "seed": 0,
+            "length_source": "prior",
+            "health_interval_s": 0.2,
+            # Generous on a busy 2-core CI machine; the bench measures the real figure.
+            "predict_deadline_s": 0.25,
+        }
+        values.update(kw)
+        estimator = values.pop("estimator", None)
+        server = TestServer(create_app(SchedulerSettings(**values), estimator), host="127.0.0.1")
+        await server.start_server()
+        servers.append(server)
+        return server
+
+    yield make
+    for s in servers:
+        await s.close()
