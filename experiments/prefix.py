@@ -32,10 +32,10 @@ POLICIES: dict[str, tuple[str, bool]] = {
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--replicas", type=int, default=4)
-    p.add_argument("--sessions", type=int, default=400, help="conversations per run")
+    p.add_argument("--sessions", type=int, default=1500, help="conversations per run")
     p.add_argument("--think", type=float, default=10.0, help="mean think time (s) between turns")
     p.add_argument("--slo-ttft", type=float, default=1.0, help="P99 TTFT limit (seconds)")
-    p.add_argument("--rates", default="2,4,6,8,10,12,14", help="session start rates (per s)")
+    p.add_argument("--rates", default="6,9,12,15,18,21", help="session start rates (per s)")
     p.add_argument("--policies", default=",".join(POLICIES))
     p.add_argument("--seed", type=int, default=1)
 
