@@ -33,6 +33,9 @@ def test_every_strategy_on_both_workloads(tmp_path: Path) -> None:
         for s in by.values():
             assert 0.0 <= s["slo_attainment"] <= 1.0
             assert s["replica_hours"] > 0 and s["ttft_p99"] >= 0
+            assert 0.0 <= s["windows_p99_met"] <= 1.0
+            # Every window meets the SLO only if the worst window does.
+            assert (s["windows_p99_met"] == 1.0) == (s["worst_window_p99"] <= 1.0)
         fixed = by["fixed"]
         # Sized as documented: the smallest N reaching 0.99 (or the maximum when none does).
         sweep = {int(n): a for n, a in fixed["sweep"].items()}
