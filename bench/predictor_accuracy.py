@@ -181,7 +181,11 @@ def errors(results: list[Result], warmup_s: float) -> dict[str, float]:
         "ttft_mape": float(ttft_ape.mean()),
         "ttft_mdape": float(np.median(ttft_ape)),
         "ttft_mae_ms": float(np.mean([abs(r.pred_ttft - r.ttft) for r in rs]) * 1e3),
+        "ttft_mpe": float(np.mean([(r.pred_ttft - r.ttft) / r.ttft for r in rs])),
         "e2e_mape": float(e2e_ape.mean()),
+        # Signed: below zero the predictions are too short (later arrivals, which the
+        # prediction cannot know, slow the request down).
+        "e2e_mpe": float(np.mean([(r.pred_e2e - r.e2e) / r.e2e for r in rs])),
         "e2e_mdape": float(np.median(e2e_ape)),
         "ttft_p50_s": float(np.median([r.ttft for r in rs])),
         "e2e_p50_s": float(np.median([r.e2e for r in rs])),
@@ -195,16 +199,21 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
           f"per run, first {args.warmup:g} s discarded; load average "
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")  # fmt: skip
     head = f"{'qps':>5} {'lengths':>9} {'n':>5} | {'TTFT MAPE':>9} {'MdAPE':>7} {'MAE ms':>7} "
-    print(head + f"| {'e2e MAPE':>8} {'MdAPE':>7} | {'TTFT p50':>8} {'e2e p50':>8} | ext  resync")
+    print(
+        head + f"| {'e2e MAPE':>8} {'MdAPE':>7} {'MPE':>7} | {'TTFT p50':>8} {'e2e p50':>8} "
+        "| ext  resync"
+    )
     for qps in args.qps:
         for oracle in (True, False):
             results, state = await run_mode(qps, args.seconds, oracle, args, prior)
             e = errors(results, args.warmup)
             mode = "oracle" if oracle else "estimated"
-            rows.append({"qps": qps, "mode": mode, **e, "state": state})
+            rows.append({"qps": qps, "mode": mode, **e, "state": state,
+                         "per_request": [r.__dict__ for r in results]})  # fmt: skip
             print(f"{qps:5g} {mode:>9} {e['requests']:5d} | {e['ttft_mape']:9.1%} "
                   f"{e['ttft_mdape']:7.1%} {e['ttft_mae_ms']:7.1f} | {e['e2e_mape']:8.1%} "
-                  f"{e['e2e_mdape']:7.1%} | {e['ttft_p50_s']:8.3f} {e['e2e_p50_s']:8.2f} | "
+                  f"{e['e2e_mdape']:7.1%} {e['e2e_mpe']:7.1%} | {e['ttft_p50_s']:8.3f} "
+                  f"{e['e2e_p50_s']:8.2f} | "
                   f"{state['length_extensions']:4d} {state['resyncs']:6d}", flush=True)  # fmt: skip
     return rows
 

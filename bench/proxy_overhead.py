@@ -8,7 +8,7 @@ Processes: `block engine` (no step noise, so its own timing is the same for both
   through the sidecar so that drift on the machine hits both alike. TTFB is the time to the
   first SSE byte; the engine's own prefill step (~10 ms simulated) is in both.
 - Throughput: `--concurrency` clients each streaming `--tokens`-token completions for
-  `--seconds`; tokens per second received, and the sidecar's CPU time per 1,000 tokens.
+  `--seconds`; tokens per second received, and the sidecar's CPU time per token proxied.
 
     .venv/bin/python bench/proxy_overhead.py [--requests 300] [--concurrency 64]
 
@@ -134,7 +134,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 c0 = cpu_seconds(sidecar.pid)
                 rate = await throughput(session, url, args.concurrency, args.tokens, args.seconds)
                 tput[name] = rate
-                cpu[name] = (cpu_seconds(sidecar.pid) - c0) / max(rate * args.seconds, 1) * 1e3
+                cpu[name] = (cpu_seconds(sidecar.pid) - c0) / max(rate * args.seconds, 1) * 1e6
     finally:
         for p in (sidecar, engine):
             p.terminate()
@@ -152,7 +152,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     print(f"throughput, {args.concurrency} streams x {args.tokens} tokens, {args.seconds:g} s:")
     print(f"  direct {tput['direct']:8.0f} tok/s   sidecar {tput['sidecar']:8.0f} tok/s "
           f"(ratio {tput['sidecar'] / tput['direct']:.3f}); sidecar CPU "
-          f"{cpu['sidecar']:.2f} ms per 1000 tokens proxied")  # fmt: skip
+          f"{cpu['sidecar']:.1f} us per token proxied")  # fmt: skip
     return {
         "ttfb_ms": {
             "direct": d,
@@ -160,7 +160,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "paired_median_added": float(np.median(diffs)) * 1e3,
         },
         "throughput_tok_s": tput,
-        "sidecar_cpu_ms_per_1000_tokens": cpu["sidecar"],
+        "sidecar_cpu_us_per_token": cpu["sidecar"],
         "load_average": os.getloadavg()[0],
     }
 
