@@ -277,8 +277,8 @@ class LiveTwin:
         r = self.replica
         r.interrupt(now)
         for t in list(self.requests.values()):
-            if not t.streaming or t.streamed == 0:
-                continue
+            if not t.streaming or t.streamed == 0 or (t.exact and t.streamed >= t.output_tokens):
+                continue  # nothing seen yet, or its last token is out and it is finishing
             p = r.progress(t.rid)
             if p is None or abs(p - t.streamed) <= SYNC_TOLERANCE:
                 continue
