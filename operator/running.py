@@ -70,12 +70,16 @@ def build_registry(
 def autoscaler(settings: OperatorSettings, client: Any) -> provisioning.AdvisorService:
     """Block's predictive autoscaler for clusters that enable it (register it on the registry
     so its HTTP session opens and closes with the operator)."""
-    return provisioning.AdvisorService(
+    service = provisioning.AdvisorService(
         client,
         interval_s=settings.resync_interval_s,
         lead_s=settings.autoscaler_lead_s,
         drain_timeout_s=settings.autoscaler_drain_timeout_s,
     )
+    if settings.autoscaler_gateway_url:
+        url = settings.autoscaler_gateway_url.rstrip("/")
+        service.gateway_url = lambda _cluster: url
+    return service
 
 
 def run(settings: OperatorSettings) -> int:

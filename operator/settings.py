@@ -42,3 +42,6 @@ class OperatorSettings(BaseSettings):
     # and the bound on draining a replica before it is removed anyway, seconds.
     autoscaler_lead_s: Annotated[float, Field(ge=0)] = 180.0
     autoscaler_drain_timeout_s: Annotated[float, Field(gt=0)] = 300.0
+    # The gateway the autoscaler reads load from, for every cluster (an operator outside the
+    # cluster, tests); empty: each cluster's own gateway Service.
+    autoscaler_gateway_url: str = ""
