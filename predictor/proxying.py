@@ -11,8 +11,10 @@ mid-stream gives a clear 503/502, or an SSE error event once the stream has star
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 import aiohttp
@@ -34,8 +36,10 @@ from block.wire.openai import (
 logger = logging.getLogger(__name__)
 
 Kind = Literal["completion", "chat"]
+# Prompts longer than this are tokenized in a worker thread while the request goes out.
+COUNT_OFFLOAD_CHARS = 256
 # Request headers passed to the engine (hop-by-hop ones and Host are not).
-FORWARD_HEADERS = ("authorization", "content-type", "accept", "x-request-id", "traceparent")
+FORWARD_HEADERS = ("authorization", "accept", "x-request-id", "traceparent")
 
 
 class Proxy:
@@ -63,62 +67,67 @@ class Proxy:
         raw = await problems.read_body(request)
         data = problems.parse_json(raw)
         estimate = _estimate_header(request)
+        counting: Awaitable[int] | None = None
+        offload = COUNT_OFFLOAD_CHARS
         if kind == "completion":
             comp = problems.validate(CompletionRequest, data)
             prompts = comp.prompts
             # A batch of prompts is several engine requests; the twin does not follow those.
-            prompt = await self.tokens.completion_prompt(prompts[0]) if len(prompts) == 1 else None
+            if len(prompts) == 1 and comp.n == 1:
+                counting = self.tokens.completion_prompt(prompts[0], offload)
             limit, stream, ignore_eos = comp.max_tokens, comp.stream, comp.ignore_eos
-            n = comp.n
         else:
             chat = problems.validate(ChatCompletionRequest, data)
-            prompt = await self.tokens.chat_prompt(chat.messages)
+            if chat.n == 1:
+                counting = self.tokens.chat_prompt(chat.messages, offload)
             limit, stream, ignore_eos = chat.token_limit, chat.stream, chat.ignore_eos
-            n = chat.n
-        tracked: Tracked | None = None
-        if prompt is not None and n == 1:
-            exact = ignore_eos and limit is not None and self.settings.trust_ignore_eos
-            output, cap = self.twin.assume(prompt, limit, estimate, exact)
-            tracked = self.twin.arrive(prompt, output, cap, exact, stream)
+        exact = ignore_eos and limit is not None and self.settings.trust_ignore_eos
+        flight = _Flight(self.twin, self.twin.now(), stream, exact)
+        count_task: asyncio.Future[int] | None = None
+        if counting is not None:
+            # The prompt is counted while the request is already on its way to the engine
+            # (long prompts take milliseconds to tokenize); the twin hears of it when the
+            # count is ready, with the time it was sent.
+            count_task = asyncio.ensure_future(counting)
+            count_task.add_done_callback(
+                lambda f: flight.counted(f, lambda p: self.twin.assume(p, limit, estimate, exact))
+            )
         path = "/v1/completions" if kind == "completion" else "/v1/chat/completions"
         try:
-            return await self._forward(request, path, raw, stream, tracked)
+            return await self._forward(request, path, raw, flight)
         finally:
-            if tracked is not None and not tracked.done:
-                self.twin.cancel(tracked)
+            if count_task is not None and not count_task.done():
+                count_task.cancel()
+            if flight.close():
                 self.metrics.requests.labels("cancelled").inc()
 
     # ------------------------------------------------------------------ upstream
     async def _forward(
-        self,
-        request: web.Request,
-        path: str,
-        raw: bytes,
-        stream: bool,
-        tracked: Tracked | None,
+        self, request: web.Request, path: str, raw: bytes, flight: _Flight
     ) -> web.StreamResponse:
         url = self.settings.engine_url + path
         headers = {k: v for k, v in request.headers.items() if k.lower() in FORWARD_HEADERS}
-        headers.setdefault("Content-Type", "application/json")
+        # The body was parsed as JSON here, whatever the client labelled it (curl sends a
+        # form type by default); the engine gets the right label.
+        headers["Content-Type"] = "application/json"
         try:
             async with self.session.post(
                 url, data=raw, headers=headers, timeout=self.timeout
             ) as up:
-                if tracked is not None:  # the engine has it: now predict it, off the path
-                    self.twin.predict_arrival(tracked)
+                flight.predict()  # the engine has it: now predict it, off the path
                 if up.status != 200:
                     body = await up.read()
                     self.metrics.upstream_errors.labels("status").inc()
-                    self._cancel(tracked, "upstream_error")
+                    self._cancel(flight, "upstream_error")
                     return web.Response(
                         status=up.status,
                         body=body,
                         headers={"Content-Type": up.headers.get("Content-Type", "text/plain")},
                     )
-                if stream and up.content_type == "text/event-stream":
-                    return await self._stream(request, up, tracked)
+                if flight.streaming and up.content_type == "text/event-stream":
+                    return await self._stream(request, up, flight)
                 body = await up.read()
-                self._complete(tracked, _usage_tokens(body))
+                self._complete(flight, _usage_tokens(body))
                 return web.Response(
                     status=200,
                     body=body,
@@ -126,45 +135,44 @@ class Proxy:
                 )
         except aiohttp.ClientConnectorError as e:
             self.metrics.upstream_errors.labels("connect").inc()
-            self._cancel(tracked, "upstream_error")
+            self._cancel(flight, "upstream_error")
             raise Unavailable(
                 f"the engine at {self.settings.engine_url} is not reachable: {e.os_error}"
             ) from e
         except TimeoutError as e:
             self.metrics.upstream_errors.labels("timeout").inc()
-            self._cancel(tracked, "upstream_error")
+            self._cancel(flight, "upstream_error")
             raise UpstreamError(
                 f"the engine at {self.settings.engine_url} sent nothing for "
                 f"{self.settings.read_timeout_s:g} s"
             ) from e
         except aiohttp.ClientError as e:
             self.metrics.upstream_errors.labels("disconnect").inc()
-            self._cancel(tracked, "upstream_error")
+            self._cancel(flight, "upstream_error")
             raise UpstreamError(
                 f"the engine at {self.settings.engine_url} failed: {type(e).__name__}: {e}"
             ) from e
 
     async def _stream(
-        self, request: web.Request, up: aiohttp.ClientResponse, tracked: Tracked | None
+        self, request: web.Request, up: aiohttp.ClientResponse, flight: _Flight
     ) -> web.StreamResponse:
         resp = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         )
         await resp.prepare(request)
         events = _EventCounter()
-        twin = self.twin
         try:
             async for data in up.content.iter_any():
                 await resp.write(data)  # pass it on first: counting is bookkeeping
                 tokens = events.feed(data)
-                if tokens and tracked is not None:
-                    twin.token(tracked, tokens)
+                if tokens:
+                    flight.tokens(tokens)
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as e:
             if isinstance(e, ConnectionResetError):
                 raise  # our client went away (aiohttp's write error), not the engine
             kind = "timeout" if isinstance(e, TimeoutError) else "disconnect"
             self.metrics.upstream_errors.labels(kind).inc()
-            self._cancel(tracked, "upstream_error")
+            self._cancel(flight, "upstream_error")
             detail = (
                 f"the engine at {self.settings.engine_url} stopped mid-stream after "
                 f"{events.tokens} tokens ({type(e).__name__})"
@@ -175,24 +183,22 @@ class Proxy:
             await resp.write_eof()
             return resp
         if events.done or events.usage_tokens is not None:
-            self._complete(tracked, events.usage_tokens)
+            self._complete(flight, events.usage_tokens)
         else:
-            self._cancel(tracked, "upstream_error")
+            self._cancel(flight, "upstream_error")
         await resp.write_eof()
         return resp
 
     # ------------------------------------------------------------------ accounting
-    def _complete(self, tracked: Tracked | None, completion_tokens: int | None) -> None:
+    def _complete(self, flight: _Flight, completion_tokens: int | None) -> None:
         self.metrics.requests.labels("completed").inc()
-        if tracked is None:
-            return
-        outcome = self.twin.finish(tracked, completion_tokens)
-        self._observe(outcome)
+        outcome = flight.finish(completion_tokens)
+        if outcome is not None:
+            self._observe(outcome)
 
-    def _cancel(self, tracked: Tracked | None, outcome: str) -> None:
+    def _cancel(self, flight: _Flight, outcome: str) -> None:
         self.metrics.requests.labels(outcome).inc()
-        if tracked is not None:
-            self.twin.cancel(tracked)
+        flight.close()
 
     def _observe(self, o: Outcome) -> None:
         p = o.predicted
@@ -206,6 +212,65 @@ class Proxy:
             m.ttft_error.observe(p.ttft_s - o.ttft_s)
             if o.ttft_s > 0:
                 m.ttft_relative_error.observe(abs(p.ttft_s - o.ttft_s) / o.ttft_s)
+
+
+class _Flight:
+    """One proxied request and its place in the twin, which it joins once its prompt is
+    counted; tokens seen before that are kept and handed over then."""
+
+    __slots__ = (
+        "_pending", "closed", "exact", "first_token_s", "sent_s", "streaming", "tracked", "twin",
+    )  # fmt: skip
+
+    def __init__(self, twin: LiveTwin, sent_s: float, streaming: bool, exact: bool) -> None:
+        self.twin = twin
+        self.sent_s = sent_s
+        self.streaming = streaming
+        self.exact = exact
+        self.tracked: Tracked | None = None
+        self.closed = False
+        self._pending = 0
+        self.first_token_s: float | None = None
+
+    def counted(self, fut: asyncio.Future[int], assume: Callable[[int], tuple[int, int]]) -> None:
+        if self.closed or fut.cancelled() or fut.exception() is not None:
+            return
+        prompt = fut.result()
+        output, cap = assume(prompt)
+        self.tracked = self.twin.arrive(
+            prompt, output, cap, self.exact, self.streaming, arrival_s=self.sent_s
+        )
+        if self.tracked is not None and self._pending:
+            self.twin.token(self.tracked, self._pending, self.first_token_s)
+            self._pending = 0
+
+    def tokens(self, count: int) -> None:
+        if self.tracked is not None:
+            self.twin.token(self.tracked, count)
+        else:
+            if self.first_token_s is None:
+                self.first_token_s = self.twin.now()
+            self._pending += count
+
+    def predict(self) -> None:
+        if self.tracked is not None:
+            self.twin.predict_arrival(self.tracked)
+
+    def finish(self, completion_tokens: int | None) -> Outcome | None:
+        self.closed = True
+        t = self.tracked
+        if t is None or t.done:
+            return None
+        return self.twin.finish(t, completion_tokens)
+
+    def close(self) -> bool:
+        """Leave the twin if still in it; True if it was (the request ended unfinished)."""
+        self.closed = True
+        t = self.tracked
+        if t is None or t.done:
+            return False
+        self.twin.cancel(t)
+        return True
 
 
 class _EventCounter:

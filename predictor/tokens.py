@@ -74,8 +74,9 @@ class Tokens:
     def count_text(self, text: str) -> int:
         return len(self._tok.encode(text, add_special_tokens=False).ids)
 
-    async def count_text_async(self, text: str) -> int:
-        if len(text) < OFFLOAD_CHARS:
+    async def count_text_async(self, text: str, offload_chars: int = OFFLOAD_CHARS) -> int:
+        """Counted on the loop when short, else in a worker thread (the loop runs meanwhile)."""
+        if len(text) < offload_chars:
             return self.count_text(text)
         loop = asyncio.get_running_loop()
         enc = await loop.run_in_executor(
@@ -83,13 +84,17 @@ class Tokens:
         )
         return len(enc[0].ids)
 
-    async def completion_prompt(self, prompt: str | list[int]) -> int:
+    async def completion_prompt(
+        self, prompt: str | list[int], offload_chars: int = OFFLOAD_CHARS
+    ) -> int:
         if isinstance(prompt, list):
             return len(prompt)
-        return self.BOS + await self.count_text_async(prompt)
+        return self.BOS + await self.count_text_async(prompt, offload_chars)
 
-    async def chat_prompt(self, messages: list[ChatMessage]) -> int:
-        return await self.count_text_async(self.chat_text(messages))
+    async def chat_prompt(
+        self, messages: list[ChatMessage], offload_chars: int = OFFLOAD_CHARS
+    ) -> int:
+        return await self.count_text_async(self.chat_text(messages), offload_chars)
 
     # ------------------------------------------------------------------ output
     def piece(self, index: int) -> str:

@@ -157,19 +157,22 @@ class LiveTwin:
         exact: bool,
         streaming: bool,
         predict: bool = True,
+        arrival_s: float | None = None,
     ) -> Tracked | None:
-        """A request goes to the engine now. None when the twin cannot hold it (too long for
-        the context or the KV cache): the engine will answer for itself."""
+        """A request went to the engine at `arrival_s` (default: now; the proxy forwards first
+        and counts the prompt meanwhile, so it may report a moment later). None when the twin
+        cannot hold it (too long for the context or the KV cache): the engine will answer."""
         now = self.now()
         self.settle(now)
+        arrival = now if arrival_s is None else min(arrival_s, now)
         rid = self._next_rid
         self._next_rid += 1
-        req = Request(rid, now, prompt_tokens, output_tokens)
+        req = Request(rid, arrival, prompt_tokens, output_tokens)
         try:
             self.replica.validate(req)
         except InvalidRequest:
             return None
-        t = Tracked(rid, now, prompt_tokens, cap, output_tokens, exact, streaming)
+        t = Tracked(rid, arrival, prompt_tokens, cap, output_tokens, exact, streaming)
         if predict:
             # Forking costs a few µs; the prediction itself (up to ~1 ms under load) is made
             # off the request path by `predict_arrival`, once the request is on its way.
@@ -187,10 +190,11 @@ class LiveTwin:
             t.predicted = predict_one_more(snap, t.prompt_tokens, t.output_tokens, t.arrival_s)
         return t.predicted
 
-    def token(self, t: Tracked, count: int = 1) -> None:
+    def token(self, t: Tracked, count: int = 1, first_at_s: float | None = None) -> None:
+        """`count` more tokens streamed; `first_at_s`: when the first came, if before now."""
         now = self.now()
         if t.first_token_s is None:
-            t.first_token_s = now
+            t.first_token_s = now if first_at_s is None else first_at_s
         t.streamed += count
         self.last_heard_s = now
 

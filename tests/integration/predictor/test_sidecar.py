@@ -276,3 +276,22 @@ async def test_engine_down_is_a_clear_503_and_not_ready(
     # The twin still answers predictions (from its own state) and says how old it is.
     pred = await predict(http, side, {"prompt_tokens": 10, "output_tokens": 10})
     assert pred.state_age_s > 1e6
+
+
+async def test_long_prompts_are_counted_beside_the_request(
+    start_engine: Start, start_sidecar: Start, http: aiohttp.ClientSession, resources: Any
+) -> None:
+    """A long prompt is tokenized while the request is already on its way; the twin still
+    gets its exact size and the time it was sent."""
+    eng = await start_engine()
+    side = await start_sidecar(eng.url)
+    prompt = "The quick brown fox jumps over the lazy dog. " * 300  # ~13k characters
+    body = {"model": MODEL, "prompt": prompt, "max_tokens": 50, "ignore_eos": True,
+            "stream": True}  # fmt: skip
+    async with http.post(side.url + "/v1/completions", json=body) as r:
+        await r.content.readuntil(b"\n\n")
+        (tracked,) = side.sidecar.twin.requests.values()
+        assert tracked.prompt_tokens == 1 + resources.tokens.count_text(prompt)
+        assert tracked.first_token_s is not None and tracked.arrival_s < tracked.first_token_s
+        await r.read()
+    assert not side.sidecar.twin.requests
