@@ -22,7 +22,6 @@ from block.errors import BlockError
 logger = logging.getLogger(__name__)
 
 DEFAULT_POLICIES = "block:estimated,block,power-of-2,llumnix,least-requests,round-robin,random"
-PREDICTING = ("block",)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -78,6 +77,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from block.experiments import clusters, reporting, simulating, workload
     from block.experiments.search import find_capacity
+    from block.simulator import policies
 
     console = Console(stderr=True, quiet=args.quiet)
     out = Path(args.out)
@@ -116,7 +116,11 @@ def _run(args: argparse.Namespace) -> int:
         caps[label] = found
         for qps, res in sorted(points.items()):
             curves.append(_curve_row(label, qps, res, "search"))
-    heuristics = [lab for lab in labels if reporting.split_policy(lab)[0] not in PREDICTING]
+    heuristics = [
+        lab
+        for lab in labels
+        if not policies.make_policy(reporting.split_policy(lab)[0]).needs_prediction
+    ]
     best_h = max(heuristics, key=lambda lab: caps[lab].capacity_qps, default=None)
     ref = caps[best_h].capacity_qps if best_h else max(c.capacity_qps for c in caps.values())
     grid = [float(f) * ref for f in args.grid.split(",") if f.strip()] if ref > 0 else []
