@@ -10,8 +10,9 @@ Needs `nginx` and `wrk` (Debian packages). What runs, all on 127.0.0.1:
   microsecond measured is the proxy's;
 * targets, each pinned to core 0 ("one core"): the replicas directly (the baseline); nginx
   as a plain round-robin proxy over the 8 (keep-alive upstreams: the proxy-overhead floor);
-  `block scheduler` with `round-robin` (no fan-out), `block-k2` (fan-out to 2 predictors) and
-  `block` (fan-out to all 8);
+  `block scheduler` with `round-robin` (no fan-out), `block-k2` (fan-out to 2 predictors),
+  `block` (fan-out to all 8), and `block` with the shipped length estimator (the others use the
+  length prior);
 * wrk (pinned to core 1) drives each target in turn, round after round, so drift on a shared
   machine hits all targets alike: `-c1` for latency (p50/p99 of sequential requests; added
   latency = target minus direct), `-c64` for throughput (max req/s).
@@ -39,6 +40,13 @@ from pathlib import Path
 from typing import Any
 
 REPLICAS = 8
+# (target name, policy, length source) of the gateways measured.
+GATEWAYS = (
+    ("gateway round-robin", "round-robin", "prior"),  # no fan-out
+    ("gateway block-k2", "block-k2", "prior"),  # fan-out to 2 predictors
+    ("gateway block", "block", "prior"),  # fan-out to all 8
+    ("gateway block+estimator", "block", "estimator"),  # plus the shipped length estimator
+)
 BODY = '{"model":"m","prompt":"Tell me about the sea, in a few words.","max_tokens":16}'
 COMPLETION = json.dumps(
     {
@@ -202,11 +210,11 @@ def wrk(
     return result
 
 
-def gateway_cmd(port: int, replicas: list[int], policy: str) -> list[str]:
+def gateway_cmd(port: int, replicas: list[int], policy: str, lengths: str = "prior") -> list[str]:
     urls = ",".join(f"http://127.0.0.1:{p}" for p in replicas)
     return [
         str(Path(sys.executable).parent / "block"), "scheduler", "--port", str(port),
-        "--replicas", urls, "--policy", policy, "--length-source", "prior",
+        "--replicas", urls, "--policy", policy, "--length-source", lengths,
         "--health-interval-s", "0", "--log-level", "WARNING", "--no-access-log",
         "--predict-deadline-ms", "5",
     ]  # fmt: skip
@@ -270,7 +278,7 @@ def run(
     args: argparse.Namespace, tmp: Path, procs: list[subprocess.Popen[bytes]]
 ) -> dict[str, Any]:
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    ports = free_ports(REPLICAS + 4)
+    ports = free_ports(REPLICAS + 1 + len(GATEWAYS))
     rep_ports, nginx_port, gw_ports = ports[:REPLICAS], ports[REPLICAS], ports[REPLICAS + 1 :]
     lua = tmp / "post.lua"
     lua.write_text(WRK_LUA % BODY)
@@ -284,13 +292,13 @@ def run(
     targets = {"direct": f"http://127.0.0.1:{rep_ports[0]}",
                "nginx-rr": f"http://127.0.0.1:{nginx_port}"}  # fmt: skip
     pids: dict[str, list[int]] = {"direct": []}
-    for port, policy in zip(gw_ports, ("round-robin", "block-k2", "block"), strict=True):
-        cmd = ["taskset", "-c", "0", *gateway_cmd(port, rep_ports, policy)]
+    for port, (name, policy, lengths) in zip(gw_ports, GATEWAYS, strict=True):
+        cmd = ["taskset", "-c", "0", *gateway_cmd(port, rep_ports, policy, lengths)]
         procs.append(subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"}))
-        targets[f"gateway {policy}"] = f"http://127.0.0.1:{port}"
-        pids[f"gateway {policy}"] = [procs[-1].pid]  # taskset execs: this is the gateway
+        targets[name] = f"http://127.0.0.1:{port}"
+        pids[name] = [procs[-1].pid]  # taskset execs: this is the gateway
     for t, url in targets.items():
-        wait_http(url + ("/healthz" if t.startswith("gateway") else "/readyz"))
+        wait_http(url + ("/healthz" if t.startswith("gateway") else "/readyz"), 120.0)
     pids["nginx-rr"] = children(nginx_master)
     for url in targets.values():  # warm up connections and code paths
         wrk(url, lua, 8, 1, 1, [])

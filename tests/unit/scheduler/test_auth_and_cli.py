@@ -93,9 +93,11 @@ def test_flags_become_settings() -> None:
 def test_environment_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BLOCK_SCHEDULER_POLICY", "llumnix")
     monkeypatch.setenv("BLOCK_SCHEDULER_REPLICAS", '["http://a:1"]')
+    monkeypatch.setenv("BLOCK_CLUSTER_CONFIG", "/etc/block/cluster.json")  # set by the operator
     args = cli.build_parser().parse_args(["scheduler"])
     s = SchedulerSettings(**commands.overrides(args))
     assert s.policy == "llumnix" and s.replicas == ["http://a:1"]
+    assert s.cluster_config == Path("/etc/block/cluster.json")
 
 
 @pytest.mark.parametrize(
