@@ -6,9 +6,13 @@ Labels stay few-valued: `policy`, `replica` (a replica's name: pod name or host:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics import MetricWrapperBase
+
+M = TypeVar("M", bound=MetricWrapperBase)
 
 # Decision latency lives around a few ms (the predictor deadline); finer buckets there.
 DECISION_BUCKETS = (
@@ -40,6 +44,16 @@ class SchedulerMetrics:
     estimated_output_tokens: Histogram
     inflight: Gauge
     replicas: Gauge
+    _children: dict[tuple[int, tuple[str, ...]], Any] = field(default_factory=dict)
+
+    def child(self, metric: M, *values: str) -> M:
+        """`metric.labels(*values)`, memoised: the request path asks for the same few children
+        thousands of times a second, and `labels()` validates and locks on every call."""
+        key = (id(metric), values)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*values)
+        return found
 
     @classmethod
     def create(cls) -> SchedulerMetrics:

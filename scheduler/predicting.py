@@ -65,7 +65,7 @@ class PredictorClient:
         for r, task in zip(replicas, tasks, strict=True):
             if task is None or not task.done():
                 if task is not None:
-                    self._metrics.predictor_timeouts.labels(r.name).inc()
+                    self._metrics.child(self._metrics.predictor_timeouts, r.name).inc()
                     r.note_predictor_failure(
                         now,
                         self._settings.predictor_failures_to_skip,
@@ -108,7 +108,7 @@ class PredictorClient:
             _BadAnswer,
         ) as e:
             loop = asyncio.get_running_loop()
-            self._metrics.predictor_errors.labels(replica.name).inc()
+            self._metrics.child(self._metrics.predictor_errors, replica.name).inc()
             replica.note_predictor_failure(
                 loop.time(),
                 self._settings.predictor_failures_to_skip,

@@ -93,7 +93,7 @@ class Proxy:
                 raise
             if attempt > 1:
                 self._metrics.retries.inc()
-            gauge = self._metrics.inflight.labels(decision.replica.name)
+            gauge = self._metrics.child(self._metrics.inflight, decision.replica.name)
             gauge.inc()
             try:
                 response = await self._attempt(
@@ -187,7 +187,7 @@ class Proxy:
         headers["X-Accel-Buffering"] = "no"
         out = web.StreamResponse(status=200, headers=headers)
         await out.prepare(request)
-        self._metrics.ttft_seconds.labels(_endpoint(request)).observe(
+        self._metrics.child(self._metrics.ttft_seconds, _endpoint(request)).observe(
             asyncio.get_running_loop().time() - started
         )
         await out.write(first)
@@ -213,7 +213,7 @@ class Proxy:
             broken = "the replica sent an error event" if relayed_error else "no [DONE]"
         if broken is not None:
             self._fail(replica, "stream")
-            self._metrics.stream_errors.labels(replica.name).inc()
+            self._metrics.child(self._metrics.stream_errors, replica.name).inc()
             logger.warning("request %s: stream from %s broke: %s", request_id, replica.name, broken)
             if not relayed_error:
                 await out.write(error_event(f"the replica serving this stream failed: {broken}"))
@@ -223,7 +223,7 @@ class Proxy:
         return out
 
     def _fail(self, replica: Replica, reason: str) -> None:
-        self._metrics.upstream_errors.labels(replica.name, reason).inc()
+        self._metrics.child(self._metrics.upstream_errors, replica.name, reason).inc()
         backoff = replica.note_failure(
             asyncio.get_running_loop().time(),
             self._settings.failure_backoff_s,

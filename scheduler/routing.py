@@ -107,11 +107,14 @@ class Router:
                 [live[i] for i in cand], route.prompt_tokens, route.output_tokens
             )
         answered = sum(a is not None for a in answers)
-        views = [self._view(live[i], i, a) for i, a in zip(cand, answers, strict=True)]
+        if policy.needs_load or policy.needs_prediction:
+            views = [self._view(live[i], i, a) for i, a in zip(cand, answers, strict=True)]
+        else:  # round-robin, random: figures would go unread
+            views = [ReplicaView(i, 0, 0, 0, 1) for i in cand]
         fallback: str | None = None
         if self.fans_out and answered == 0:
             fallback = "no_answer"
-            self._metrics.fallbacks.labels(policy.name, fallback).inc()
+            self._metrics.child(self._metrics.fallbacks, policy.name, fallback).inc()
             if policy.needs_prediction:
                 # Decide over every live replica, not just the sampled ones.
                 policy = self.fallback
@@ -121,8 +124,10 @@ class Router:
         chosen = live[index]
         ticket = self._replicas.dispatch(chosen, loop.time())
         prediction = next((v.prediction for v in views if v.index == index), None)
-        self._metrics.decisions.labels(policy.name, chosen.name).inc()
-        self._metrics.decision_seconds.labels(self.policy.name).observe(time.perf_counter() - t0)
+        self._metrics.child(self._metrics.decisions, policy.name, chosen.name).inc()
+        self._metrics.child(self._metrics.decision_seconds, self.policy.name).observe(
+            time.perf_counter() - t0
+        )
         return Decision(chosen, ticket, policy.name, fallback, prediction, len(cand), answered)
 
     def _view(self, r: Replica, index: int, answer: Answer | None) -> ReplicaView:
@@ -161,7 +166,7 @@ class Router:
                 None if route.slo_e2e_s is None else route.slo_e2e_s * s.slo_slack,
             )
             if not any(meets_slo(slack, v.prediction) for v in views):
-                self._metrics.rejected.labels("slo").inc()
+                self._metrics.child(self._metrics.rejected, "slo").inc()
                 best = min(views, key=lambda v: _ttft(v.prediction))
                 raise Overloaded(
                     f"every replica asked ({len(views)}) is predicted to miss this request's "
@@ -171,7 +176,7 @@ class Router:
                 )
         limit = s.max_waiting_per_replica
         if limit and views and all(v.num_waiting + v.inflight >= limit for v in views):
-            self._metrics.rejected.labels("queue").inc()
+            self._metrics.child(self._metrics.rejected, "queue").inc()
             raise Overloaded(
                 f"every replica has {limit} or more requests waiting; retry later",
                 retry_after_s=1.0,

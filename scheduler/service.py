@@ -121,7 +121,7 @@ async def problems(request: web.Request, handler: Handler) -> web.StreamResponse
         logger.exception("request %s failed", request_id)
         response = problem(500, "Internal error", "see the gateway log", request_id)
     metrics = request.app[METRICS]
-    metrics.requests.labels(_endpoint_label(request.path), str(response.status)).inc()
+    metrics.child(metrics.requests, _endpoint_label(request.path), str(response.status)).inc()
     return response
 
 
@@ -143,7 +143,7 @@ async def generate(request: web.Request) -> web.StreamResponse:
         request, raw, inbound, route, request[REQUEST_ID], request[STARTED]
     )
     if outcome.response.status < 400:
-        gw.metrics.e2e_seconds.labels(endpoint).observe(
+        gw.metrics.child(gw.metrics.e2e_seconds, endpoint).observe(
             asyncio.get_running_loop().time() - request[STARTED]
         )
     return outcome.response
@@ -211,7 +211,7 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
         else:
             states["backoff"] += 1
     for state, n in states.items():
-        gw.metrics.replicas.labels(state).set(n)
+        gw.metrics.child(gw.metrics.replicas, state).set(n)
     return web.Response(
         body=generate_latest(gw.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
     )

@@ -88,7 +88,8 @@ class SchedulerSettings(BaseSettings):
     # this factor (1.0: any miss); off: such requests go to the least bad replica.
     reject_unmeetable: bool = True
     slo_slack: Annotated[float, Field(ge=1.0)] = 1.0
-    # Answer 429 when every replica has at least this many requests waiting (0: never).
+    # Answer 429 when every replica has at least this many requests waiting (0: never); read
+    # from load figures, so it applies to the policies that fetch them.
     max_waiting_per_replica: Annotated[int, Field(ge=0)] = 0
 
     # A request that failed before its first byte reached the client is retried on another
