@@ -12,6 +12,7 @@ that produced them ends; a client that goes away is dropped from the replica at 
 from __future__ import annotations
 
 import gc
+import importlib.metadata
 import json
 import logging
 import random
@@ -370,9 +371,11 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def version(request: web.Request) -> web.Response:
-    from block import __version__
-
-    return web.json_response({"version": f"block-engine-twin {__version__}"})
+    try:
+        v = importlib.metadata.version("block-llm")
+    except importlib.metadata.PackageNotFoundError:
+        v = "unknown"
+    return web.json_response({"version": f"block-engine-twin {v}"})
 
 
 async def metrics(request: web.Request) -> web.Response:

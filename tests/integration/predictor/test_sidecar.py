@@ -80,7 +80,7 @@ async def test_streams_pass_through_and_the_twin_follows(
 
 
 async def test_predictions_match_what_clients_then_see(
-    start_engine: Start, start_sidecar: Start, http: aiohttp.ClientSession
+    start_engine: Start, start_sidecar: Start, http: aiohttp.ClientSession, wait: Wait
 ) -> None:
     """A gateway's flow: ask /v1/predict, then send the request. With other requests in
     flight, the prediction is close to the latency the client measures."""
@@ -104,7 +104,11 @@ async def test_predictions_match_what_clients_then_see(
         )
         for i in range(6)
     ]
-    await asyncio.sleep(0.3)
+
+    async def all_running() -> bool:
+        return (await state(http, side)).load.num_running == 6
+
+    await wait(all_running, 10, "six requests running in the twin")
     prompt = "word " * 499  # 500 tokens with BOS
     pred = await predict(http, side, {"prompt_tokens": 500, "output_tokens": 120})
     assert pred.load.num_running == 6 and pred.load.kv_blocks_total == 3000
