@@ -19,7 +19,8 @@ from pathlib import Path
 
 from block.errors import ConfigError
 
-STATS: tuple[str, ...] = ("min", "max", "mean", "median", "std")
+# One definition of Vidur's attention layout, shared with the simulator that reads it back.
+from block.simulator.profiles import ATTENTION_KEYS, ATTENTION_OPS, STATS
 
 MLP_OPS: tuple[str, ...] = (
     "emb",
@@ -42,27 +43,6 @@ MLP_KEYS: tuple[str, ...] = (
     "use_gated_mlp",
     "num_tokens",
     "num_tensor_parallel_workers",
-)
-
-ATTENTION_OPS: tuple[str, ...] = (
-    "attn_input_reshape",
-    "attn_kv_cache_save",
-    "attn_prefill",
-    "attn_decode",
-    "attn_output_reshape",
-)
-ATTENTION_KEYS: tuple[str, ...] = (
-    "n_embd",
-    "n_q_head",
-    "n_kv_head",
-    "block_size",
-    "num_tensor_parallel_workers",
-    "max_model_len",
-    "batch_size",
-    "prefill_chunk_size",
-    "kv_cache_size",
-    "is_prefill",
-    "attention_backend",
 )
 
 
