@@ -190,6 +190,22 @@ class Proxy:
         self._metrics.child(self._metrics.ttft_seconds, _endpoint(request)).observe(
             asyncio.get_running_loop().time() - started
         )
+        try:
+            return await self._relay(resp, out, first, replica, request_id)
+        except ConnectionResetError:
+            # The client left: not the replica's fault. Closing the upstream response (the
+            # caller does) cancels the generation behind it.
+            logger.debug("request %s: the client went away mid-stream", request_id)
+            return out
+
+    async def _relay(
+        self,
+        resp: aiohttp.ClientResponse,
+        out: web.StreamResponse,
+        first: bytes,
+        replica: Replica,
+        request_id: str,
+    ) -> web.StreamResponse:
         await out.write(first)
         tail = first[-64:]
         broken: str | None = None
@@ -202,8 +218,7 @@ class Proxy:
                 break
             if not chunk:
                 break
-            # Client write errors propagate: a client gone is not the replica's fault.
-            await out.write(chunk)
+            await out.write(chunk)  # a client gone raises ConnectionResetError
             window = tail + chunk
             # The sidecar reports an engine that died mid-stream with an error event of its
             # own; the client has it already, the replica is still to blame.

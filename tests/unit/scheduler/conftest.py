@@ -51,6 +51,7 @@ class FakeSidecar:
     # records
     predicts: int = 0
     served: int = 0
+    chunks_sent: int = 0
     output_tokens_headers: list[str | None] = field(default_factory=list)
     predict_bodies: list[dict[str, Any]] = field(default_factory=list)
     auth_headers: list[str | None] = field(default_factory=list)
@@ -142,6 +143,7 @@ class FakeSidecar:
                 await asyncio.sleep(self.chunk_delay_s)
             chunk = _chunk(chat, self.name, f"tok{i} ")
             await resp.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+            self.chunks_sent += 1
         if not self.end_without_done:
             await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()

@@ -286,6 +286,30 @@ async def test_sidecar_error_event_is_relayed_once_and_replica_avoided(
     assert metric(await scrape(gw), "block_scheduler_stream_errors_total") == 1
 
 
+async def test_client_leaving_mid_stream_is_quiet_and_frees_the_replica(
+    sidecars: Any, gateway: Any, caplog: Any
+) -> None:
+    fakes = await sidecars(1, chunks=50, chunk_delay_s=0.02)
+    gw = await gateway(fakes)
+    caplog.set_level(logging.DEBUG, logger="block.scheduler")
+    async with aiohttp.ClientSession() as s:
+        resp = await s.post(gw.make_url("/v1/completions"), json={**BODY, "stream": True})
+        assert (await resp.content.readany()).startswith(b"data: ")
+        resp.close()  # the client leaves
+    for _ in range(100):
+        if metric(await scrape(gw), "block_scheduler_inflight_requests") == 0:
+            break
+        await asyncio.sleep(0.05)
+    metrics = await scrape(gw)
+    assert metric(metrics, "block_scheduler_inflight_requests") == 0
+    assert metric(metrics, "block_scheduler_stream_errors_total") == 0  # not the replica's fault
+    assert "Traceback" not in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    # The upstream request was closed too: the replica stopped generating for nobody.
+    await asyncio.sleep(0.2)
+    assert fakes[0].chunks_sent < 50
+
+
 async def test_stream_failing_before_first_byte_is_retried(sidecars: Any, gateway: Any) -> None:
     fakes = await sidecars(2, chunks=3)
     fakes[0].cut_after_chunks = 0
