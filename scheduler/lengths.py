@@ -45,11 +45,14 @@ class LengthSource:
         prior_tokens: int,
         executor: Executor | None,
         metrics: SchedulerMetrics,
+        max_queue: int = 16,
     ) -> None:
         self._estimator = estimator if executor is not None else None
         self._prior = prior_tokens
         self._executor = executor
         self._metrics = metrics
+        self._max_pending = max_queue
+        self._pending = 0
 
     @property
     def name(self) -> str:
@@ -61,17 +64,27 @@ class LengthSource:
         t0 = time.perf_counter()
         tokens = self._prior
         if self._estimator is not None and inbound.length_text.strip():
-            loop = asyncio.get_running_loop()
-            try:
-                [est] = await loop.run_in_executor(
-                    self._executor, self._estimator.estimate, [inbound.length_text]
-                )
-                tokens = max(1, int(est.p50_tokens))
-            except (BlockError, ValueError) as e:
-                # A prompt the estimator cannot read still gets routed, on the prior.
-                logger.debug("length estimate failed, using the prior: %s", e)
-            self._metrics.estimate_seconds.observe(time.perf_counter() - t0)
+            if self._pending >= self._max_pending:
+                self._metrics.child(self._metrics.length_fallbacks, "busy").inc()
+            else:
+                tokens = await self._estimate(inbound.length_text, tokens)
+                self._metrics.estimate_seconds.observe(time.perf_counter() - t0)
         if inbound.max_tokens is not None:
             tokens = min(tokens, inbound.max_tokens)
         self._metrics.estimated_output_tokens.observe(tokens)
         return tokens
+
+    async def _estimate(self, text: str, prior: int) -> int:
+        assert self._estimator is not None
+        loop = asyncio.get_running_loop()
+        self._pending += 1
+        try:
+            [est] = await loop.run_in_executor(self._executor, self._estimator.estimate, [text])
+            return max(1, int(est.p50_tokens))
+        except (BlockError, ValueError) as e:
+            # A prompt the estimator cannot read still gets routed, on the prior.
+            self._metrics.child(self._metrics.length_fallbacks, "error").inc()
+            logger.debug("length estimate failed, using the prior: %s", e)
+            return prior
+        finally:
+            self._pending -= 1

@@ -42,6 +42,7 @@ class SchedulerMetrics:
     e2e_seconds: Histogram
     estimate_seconds: Histogram
     estimated_output_tokens: Histogram
+    length_fallbacks: Counter
     inflight: Gauge
     replicas: Gauge
     _children: dict[tuple[int, tuple[str, ...]], Any] = field(default_factory=dict)
@@ -150,6 +151,13 @@ class SchedulerMetrics:
                 "block_scheduler_estimated_output_tokens",
                 "Response-length estimates used for routing, tokens.",
                 buckets=(8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192),
+                registry=r,
+            ),
+            length_fallbacks=Counter(
+                "block_scheduler_length_fallbacks_total",
+                "Requests routed on the length prior although the estimator is on, by reason "
+                "(busy: too many estimates queued; error: the estimator refused the prompt).",
+                ["reason"],
                 registry=r,
             ),
             inflight=Gauge(

@@ -269,7 +269,13 @@ def create_app(
             predictor=predictor,
             router=router,
             proxy=Proxy(session, router, settings, metrics),
-            lengths=LengthSource(estimator, settings.prior_output_tokens, pool, metrics),
+            lengths=LengthSource(
+                estimator,
+                settings.prior_output_tokens,
+                pool,
+                metrics,
+                settings.estimator_max_queue,
+            ),
             default_slo=default_slo,
             discovery=disc,
         )

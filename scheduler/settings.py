@@ -73,6 +73,9 @@ class SchedulerSettings(BaseSettings):
     prior_output_tokens: Annotated[int, Field(ge=1)] = 256
     # Estimator threads (it is CPU-bound, about 1 ms per prompt; kept off the event loop).
     estimator_workers: Annotated[int, Field(ge=1, le=16)] = 1
+    # Estimates waiting for a thread beyond this many: the request uses the prior instead, so
+    # an overloaded estimator adds no queueing delay (counted in block_scheduler_length_*).
+    estimator_max_queue: Annotated[int, Field(ge=0)] = 16
     # Prompt tokens are estimated from characters (tokenizing every prompt costs ~0.3 µs per
     # character on the event loop); Llama-3 English text averages 4-5 characters per token.
     chars_per_token: Annotated[float, Field(gt=0)] = 4.0
