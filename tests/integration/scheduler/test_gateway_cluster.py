@@ -166,3 +166,14 @@ async def test_two_gateways_side_by_side(cluster: Any, gateway: Any) -> None:
     assert [r[0] for r in results] == [200] * 12
     used = collections.Counter(r[1] for r in results)
     assert set(used) == {r.name for r in replicas}
+
+
+async def test_burst_spreads_over_idle_replicas(cluster: Any, gateway: Any) -> None:
+    replicas = await cluster(4)
+    gw = await gateway(replicas, policy="block")
+    body = {**SHORT, "max_tokens": 8}
+    results = await asyncio.gather(*(post(gw, body) for _ in range(12)))
+    assert [r[0] for r in results] == [200] * 12
+    counts = collections.Counter(r[1] for r in results)
+    assert set(counts) == {r.name for r in replicas}
+    assert max(counts.values()) <= 4, counts
