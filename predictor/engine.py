@@ -7,10 +7,15 @@ Each request's length is `max_tokens` when `ignore_eos` is set, otherwise a draw
 ShareGPT's reply lengths (seeded) capped by `max_tokens` and the context left, so the true
 length is unknown to anyone in front of the engine. Tokens are sent when the simulated step
 that produced them ends; a client that goes away is dropped from the replica at once.
+
+Automatic prefix caching is on, as in vLLM: each request carries the hash chain of its prompt
+ids and the ids it will stream, so a later prompt that repeats them (the next turn of a
+conversation, a shared system prompt) skips their prefill.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import importlib.metadata
 import json
@@ -33,6 +38,7 @@ from block.predictor.settings import EngineSettings
 from block.predictor.simulated import Generation, NoisyLatency, SimulatedEngine
 from block.predictor.tokens import Tokens
 from block.simulator.latency import LatencyModel
+from block.simulator.prefix_cache import chain_hashes
 from block.simulator.replica import ReplicaConfig
 from block.wire.openai import (
     SSE_DONE,
@@ -60,6 +66,7 @@ class Plan:
     prompt_tokens: int
     output_tokens: int
     finish_reason: Literal["stop", "length"]
+    prompt_ids: tuple[int, ...] = ()  # for the prefix cache (none: no hits)
 
 
 class EngineTwin:
@@ -159,7 +166,11 @@ class EngineTwin:
         return Plan(prompt_tokens, drawn, "stop")
 
     def submit(self, plan: Plan) -> Generation:
-        gen = self.engine.submit(plan.prompt_tokens, plan.output_tokens)
+        hashes = None
+        if plan.prompt_ids:
+            ids = list(plan.prompt_ids) + self.tokens.ids(0, plan.output_tokens)
+            hashes = tuple(chain_hashes(ids, self.engine.replica.config.block_size))
+        gen = self.engine.submit(plan.prompt_tokens, plan.output_tokens, hashes)
         self._reasons[gen.rid] = plan.finish_reason
         return gen
 
@@ -330,8 +341,9 @@ async def completions(request: web.Request) -> web.StreamResponse:
             f"the engine twin takes one prompt per request (got {len(prompts)}); "
             "send them as separate requests"
         )
-    prompt_tokens = await twin.tokens.completion_prompt(prompts[0])
-    plan = twin.plan(prompt_tokens, body.max_tokens, body.ignore_eos, body.min_tokens)
+    ids = await twin.tokens.completion_prompt_ids(prompts[0])
+    plan = twin.plan(len(ids), body.max_tokens, body.ignore_eos, body.min_tokens)
+    plan = dataclasses.replace(plan, prompt_ids=tuple(ids))
     return await _serve(request, twin, "completion", plan, body.stream, body.include_usage)
 
 
@@ -348,8 +360,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             raise InvalidRequest(
                 f"messages.{i}.content: only text parts are supported (got {', '.join(parts)})"
             )
-    prompt_tokens = await twin.tokens.chat_prompt(body.messages)
-    plan = twin.plan(prompt_tokens, body.token_limit, body.ignore_eos, body.min_tokens)
+    ids = await twin.tokens.chat_prompt_ids(body.messages)
+    plan = twin.plan(len(ids), body.token_limit, body.ignore_eos, body.min_tokens)
+    plan = dataclasses.replace(plan, prompt_ids=tuple(ids))
     return await _serve(request, twin, "chat", plan, body.stream, body.include_usage)
 
 

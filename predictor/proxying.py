@@ -7,6 +7,14 @@ each chunk arrives; the sidecar reads the SSE events on the side to count tokens
 content chunk, as vLLM streams them) and the final usage. A client that disconnects cancels
 the upstream request (closing it makes the engine abort); an engine that is down or dies
 mid-stream gives a clear 503/502, or an SSE error event once the stream has started.
+
+Prefix cache: the prompt's token ids give its block hash chain, which the twin's request
+carries (hits and registration as in the engine). When the request completes, the answer's
+text (streamed content, or the body's) is tokenized after the prompt's last partial block and
+the chain extended over it: the blocks the engine keeps of prompt + answer. Re-tokenizing text
+approximates the generated ids (a token split differently at the seam changes that block's
+hash onward, so the twin under-counts hits, never over-counts them); a chat answer is followed
+by the template's end-of-turn token, as the next turn's prompt will render it.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from block.predictor.metrics import PredictorMetrics
 from block.predictor.settings import PredictorSettings
 from block.predictor.tokens import Tokens
 from block.predictor.twin import LiveTwin, Outcome, Tracked
+from block.simulator.prefix_cache import chain_hashes
 from block.wire.openai import (
     MAX_TOKENS_LIMIT,
     OUTPUT_TOKENS_HEADER,
@@ -61,29 +70,30 @@ class Proxy:
         self.timeout = aiohttp.ClientTimeout(
             total=None, connect=settings.connect_timeout_s, sock_read=settings.read_timeout_s
         )
+        self._remembering: set[asyncio.Future[None]] = set()  # answers being hashed
 
     # ------------------------------------------------------------------ entry
     async def handle(self, request: web.Request, kind: Kind) -> web.StreamResponse:
         raw = await problems.read_body(request)
         data = problems.parse_json(raw)
         estimate = _estimate_header(request)
-        counting: Awaitable[int] | None = None
+        counting: Awaitable[list[int]] | None = None
         offload = COUNT_OFFLOAD_CHARS
         if kind == "completion":
             comp = problems.validate(CompletionRequest, data)
             prompts = comp.prompts
             # A batch of prompts is several engine requests; the twin does not follow those.
             if len(prompts) == 1 and comp.n == 1:
-                counting = self.tokens.completion_prompt(prompts[0], offload)
+                counting = self.tokens.completion_prompt_ids(prompts[0], offload)
             limit, stream, ignore_eos = comp.max_tokens, comp.stream, comp.ignore_eos
         else:
             chat = problems.validate(ChatCompletionRequest, data)
             if chat.n == 1:
-                counting = self.tokens.chat_prompt(chat.messages, offload)
+                counting = self.tokens.chat_prompt_ids(chat.messages, offload)
             limit, stream, ignore_eos = chat.token_limit, chat.stream, chat.ignore_eos
         exact = ignore_eos and limit is not None and self.settings.trust_ignore_eos
-        flight = _Flight(self.twin, self.twin.now(), stream, exact)
-        count_task: asyncio.Future[int] | None = None
+        flight = _Flight(self.twin, self.twin.now(), stream, exact, kind == "chat")
+        count_task: asyncio.Future[list[int]] | None = None
         if counting is not None:
             # The prompt is counted while the request is already on its way to the engine
             # (long prompts take milliseconds to tokenize); the twin hears of it when the
@@ -127,7 +137,8 @@ class Proxy:
                 if flight.streaming and up.content_type == "text/event-stream":
                     return await self._stream(request, up, flight)
                 body = await up.read()
-                self._complete(flight, _usage_tokens(body))
+                usage, text = _usage_and_text(body)
+                self._complete(flight, usage, text)
                 return web.Response(
                     status=200,
                     body=body,
@@ -183,18 +194,37 @@ class Proxy:
             await resp.write_eof()
             return resp
         if events.done or events.usage_tokens is not None:
-            self._complete(flight, events.usage_tokens)
+            self._complete(flight, events.usage_tokens, "".join(events.texts))
         else:
             self._cancel(flight, "upstream_error")
         await resp.write_eof()
         return resp
 
     # ------------------------------------------------------------------ accounting
-    def _complete(self, flight: _Flight, completion_tokens: int | None) -> None:
+    def _complete(self, flight: _Flight, completion_tokens: int | None, text: str = "") -> None:
         self.metrics.requests.labels("completed").inc()
         outcome = flight.finish(completion_tokens)
         if outcome is not None:
             self._observe(outcome)
+            if flight.block_hashes is not None and text:
+                task = asyncio.ensure_future(self._remember(flight, text))
+                self._remembering.add(task)
+                task.add_done_callback(self._remembering.discard)
+
+    async def _remember(self, flight: _Flight, text: str) -> None:
+        """Extend the finished request's hash chain over its answer; the twin keeps the
+        blocks as the engine does."""
+        hashes = flight.block_hashes
+        assert hashes is not None
+        if flight.chat:
+            text += self.tokens.END_OF_TURN
+        ids = flight.tail + await self.tokens.encode_async(text, COUNT_OFFLOAD_CHARS)
+        bs = flight.block_size
+        if bs != self.twin.replica.config.block_size:
+            return  # the twin adopted another block size meanwhile: these hashes mean nothing
+        # The last sampled token never has its KV written before the request ends.
+        more = chain_hashes(ids[:-1], bs, hashes[-1] if hashes else 0)
+        self.twin.remember(hashes + tuple(more))
 
     def _cancel(self, flight: _Flight, outcome: str) -> None:
         self.metrics.requests.labels(outcome).inc()
@@ -219,11 +249,18 @@ class _Flight:
     counted; tokens seen before that are kept and handed over then."""
 
     __slots__ = (
-        "_pending", "closed", "exact", "first_token_s", "sent_s", "streaming", "tracked", "twin",
+        "_pending", "block_hashes", "block_size", "chat", "closed", "exact", "first_token_s",
+        "sent_s", "streaming", "tail", "tracked", "twin",
     )  # fmt: skip
 
-    def __init__(self, twin: LiveTwin, sent_s: float, streaming: bool, exact: bool) -> None:
+    def __init__(
+        self, twin: LiveTwin, sent_s: float, streaming: bool, exact: bool, chat: bool = False
+    ) -> None:
         self.twin = twin
+        self.chat = chat
+        self.block_hashes: tuple[int, ...] | None = None  # the prompt's, once counted
+        self.block_size = 0
+        self.tail: list[int] = []  # prompt ids after its last full block
         self.sent_s = sent_s
         self.streaming = streaming
         self.exact = exact
@@ -232,13 +269,26 @@ class _Flight:
         self._pending = 0
         self.first_token_s: float | None = None
 
-    def counted(self, fut: asyncio.Future[int], assume: Callable[[int], tuple[int, int]]) -> None:
+    def counted(
+        self, fut: asyncio.Future[list[int]], assume: Callable[[int], tuple[int, int]]
+    ) -> None:
         if self.closed or fut.cancelled() or fut.exception() is not None:
             return
-        prompt = fut.result()
+        ids = fut.result()
+        prompt = len(ids)
         output, cap = assume(prompt)
+        bs = self.twin.replica.config.block_size
+        hashes = tuple(chain_hashes(ids, bs))
+        self.block_hashes, self.block_size = hashes, bs
+        self.tail = ids[len(hashes) * bs :]
         self.tracked = self.twin.arrive(
-            prompt, output, cap, self.exact, self.streaming, arrival_s=self.sent_s
+            prompt,
+            output,
+            cap,
+            self.exact,
+            self.streaming,
+            arrival_s=self.sent_s,
+            block_hashes=hashes or None,
         )
         if self.tracked is not None and self._pending:
             self.twin.token(self.tracked, self._pending, self.first_token_s)
@@ -276,10 +326,11 @@ class _Flight:
 class _EventCounter:
     """Reads an SSE stream on the side: tokens (content chunks), usage, [DONE]."""
 
-    __slots__ = ("_buf", "done", "tokens", "usage_tokens")
+    __slots__ = ("_buf", "done", "texts", "tokens", "usage_tokens")
 
     def __init__(self) -> None:
         self._buf = b""
+        self.texts: list[str] = []  # the answer's content, for its prefix-cache blocks
         self.tokens = 0
         self.usage_tokens: int | None = None
         self.done = False
@@ -319,14 +370,20 @@ class _EventCounter:
         for choice in obj.get("choices") or ():
             if not isinstance(choice, dict):
                 continue
-            if choice.get("text"):
+            text = choice.get("text")
+            if text:
                 count += 1
+                if isinstance(text, str):
+                    self.texts.append(text)
                 continue
             delta = choice.get("delta")
             if isinstance(delta, dict) and any(
                 delta.get(k) for k in ("content", "tool_calls", "reasoning_content")
             ):
                 count += 1
+                content = delta.get("content")
+                if isinstance(content, str):
+                    self.texts.append(content)
         return count
 
 
@@ -346,13 +403,23 @@ def _estimate_header(request: web.Request) -> int | None:
     return n
 
 
-def _usage_tokens(body: bytes) -> int | None:
+def _usage_and_text(body: bytes) -> tuple[int | None, str]:
+    """(usage.completion_tokens, the first choice's text) of a non-streamed answer."""
     try:
         obj: Any = json.loads(body)
-        n = obj["usage"]["completion_tokens"]
-    except (ValueError, KeyError, TypeError):
-        return None
-    return n if isinstance(n, int) else None
+    except ValueError:
+        return None, ""
+    if not isinstance(obj, dict):
+        return None, ""
+    usage = obj.get("usage")
+    n = usage.get("completion_tokens") if isinstance(usage, dict) else None
+    text: Any = ""
+    choices = obj.get("choices")
+    if isinstance(choices, list) and len(choices) == 1 and isinstance(choices[0], dict):
+        choice = choices[0]
+        message = choice.get("message")
+        text = message.get("content") if isinstance(message, dict) else choice.get("text")
+    return (n if isinstance(n, int) else None), (text if isinstance(text, str) else "")
 
 
 async def models(request: web.Request, proxy: Proxy) -> web.Response:

@@ -199,7 +199,10 @@ async def predict(request: web.Request) -> web.Response:
     body = problems.validate(PredictRequest, problems.parse_json(await problems.read_body(request)))
     start = time.perf_counter()
     twin = side.twin
-    preds = twin.predict([(c.prompt_tokens, c.output_tokens) for c in body.candidates], body.impact)
+    cands = body.candidates
+    hashes = [c.block_hashes for c in cands]
+    preds = twin.predict([(c.prompt_tokens, c.output_tokens) for c in cands], body.impact, hashes)
+    hits = [twin.prefix_hit_tokens(c.prompt_tokens, h) for c, h in zip(cands, hashes, strict=True)]
     load = side.load_figures()
     compute = time.perf_counter() - start
     side.metrics.predict_seconds.observe(compute)
@@ -212,9 +215,13 @@ async def predict(request: web.Request) -> web.Response:
         added_delay_s=first.added_delay_s,
         predictions=[
             PredictedLatency(
-                queue_s=p.queue_s, ttft_s=p.ttft_s, e2e_s=p.e2e_s, added_delay_s=p.added_delay_s
+                queue_s=p.queue_s,
+                ttft_s=p.ttft_s,
+                e2e_s=p.e2e_s,
+                added_delay_s=p.added_delay_s,
+                prefix_hit_tokens=hit,
             )
-            for p in preds
+            for p, hit in zip(preds, hits, strict=True)
         ],
         load=load,
         state_age_s=min(twin.state_age_s(), 1e9),

@@ -133,12 +133,18 @@ class SimulatedEngine:
     def validate(self, prompt_tokens: int, output_tokens: int) -> None:
         self.replica.validate(Request(-1, 0.0, prompt_tokens, output_tokens))
 
-    def submit(self, prompt_tokens: int, output_tokens: int) -> Generation:
+    def submit(
+        self,
+        prompt_tokens: int,
+        output_tokens: int,
+        block_hashes: tuple[int, ...] | None = None,
+    ) -> Generation:
+        """`block_hashes`: the hash chain of prompt + output ids (prefix caching)."""
         now = self.now()
         rid = self._next_rid
         self._next_rid += 1
         gen = Generation(rid, prompt_tokens, output_tokens, now)
-        self.replica.submit(Request(rid, now, prompt_tokens, output_tokens), now)
+        self.replica.submit(Request(rid, now, prompt_tokens, output_tokens, block_hashes), now)
         self._live[rid] = gen
         self._schedule()
         return gen

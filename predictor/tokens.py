@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 from typing import Protocol
 
-from block.wire.openai import ChatMessage
+from block.wire.openai import ChatCompletionRequest, ChatMessage, CompletionRequest
 
 # Tokenizing costs ~0.3 µs a character on the caller's thread; longer texts go to a worker
 # thread (encode_batch releases the GIL) so the event loop keeps streaming meanwhile.
@@ -48,10 +48,13 @@ class Tokens:
     """Counts prompt tokens and produces filler tokens; thread-safe (the tokenizer is)."""
 
     BOS = 1  # <|begin_of_text|>, prepended by the engine to every prompt
+    END_OF_TURN = "<|eot_id|>"  # how a chat reply ends in the template (and in the engine)
 
     def __init__(self, tokenizer: _Tokenizer) -> None:
         self._tok = tokenizer
+        self.bos_ids = tokenizer.encode("<|begin_of_text|>", add_special_tokens=False).ids
         ids = tokenizer.encode(FILLER_PASSAGE, add_special_tokens=False).ids
+        self.filler_ids: list[int] = list(ids)
         self.filler: list[str] = [tokenizer.decode([i]) for i in ids]
 
     @classmethod
@@ -84,6 +87,44 @@ class Tokens:
         )
         return len(enc[0].ids)
 
+    def encode(self, text: str) -> list[int]:
+        return list(self._tok.encode(text, add_special_tokens=False).ids)
+
+    async def encode_async(self, text: str, offload_chars: int = OFFLOAD_CHARS) -> list[int]:
+        """Token ids; on the loop when short, else in a worker thread."""
+        if len(text) < offload_chars:
+            return self.encode(text)
+        loop = asyncio.get_running_loop()
+        enc = await loop.run_in_executor(
+            None, lambda: self._tok.encode_batch([text], add_special_tokens=False)
+        )
+        return list(enc[0].ids)
+
+    # Token ids of a prompt as the engine sees it (what prefix-cache hashes are made of). The
+    # sidecar and the gateway both call these, so both hash identical ids.
+    async def completion_prompt_ids(
+        self, prompt: str | list[int], offload_chars: int = OFFLOAD_CHARS
+    ) -> list[int]:
+        if isinstance(prompt, list):
+            return prompt
+        return self.bos_ids + await self.encode_async(prompt, offload_chars)
+
+    async def chat_prompt_ids(
+        self, messages: list[ChatMessage], offload_chars: int = OFFLOAD_CHARS
+    ) -> list[int]:
+        return await self.encode_async(self.chat_text(messages), offload_chars)
+
+    async def request_prompt_ids(
+        self, req: CompletionRequest | ChatCompletionRequest, offload_chars: int = OFFLOAD_CHARS
+    ) -> list[int] | None:
+        """The prompt's ids of a one-prompt request; None for a batch of prompts."""
+        if isinstance(req, ChatCompletionRequest):
+            return await self.chat_prompt_ids(req.messages, offload_chars)
+        prompts = req.prompts
+        if len(prompts) != 1:
+            return None
+        return await self.completion_prompt_ids(prompts[0], offload_chars)
+
     async def completion_prompt(
         self, prompt: str | list[int], offload_chars: int = OFFLOAD_CHARS
     ) -> int:
@@ -100,6 +141,11 @@ class Tokens:
     def piece(self, index: int) -> str:
         """Text of the response's `index`-th token."""
         return self.filler[index % len(self.filler)]
+
+    def ids(self, start: int, count: int) -> list[int]:
+        """Token ids of the response's tokens `start` .. `start + count`."""
+        f = self.filler_ids
+        return [f[i % len(f)] for i in range(start, start + count)]
 
     def text(self, start: int, count: int) -> str:
         return "".join(self.piece(i) for i in range(start, start + count))

@@ -12,13 +12,18 @@ the replica runs on its own model of the engine, and is corrected where reality 
   from the tokens actually streamed is reset to the truth (`abort` + `resume`).
 
 Predictions fork the replica (`predict_one_more`); the parent is never touched.
+
+Prefix cache: a request that arrives with its prompt's block hashes (`prefix_cache`) takes and
+registers prefix blocks in the twin as the engine does; once it finishes, `remember` adds the
+blocks of its answer (the sidecar hashes the streamed text re-tokenized, an approximation of
+the ids the engine generated), so the next turn of a conversation hits them.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from block.errors import InvalidRequest
@@ -50,6 +55,7 @@ class Tracked:
     first_token_s: float | None = None
     extended: int = 0
     done: bool = field(default=False)
+    block_hashes: tuple[int, ...] | None = None  # the prompt's prefix-cache hash chain
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +164,7 @@ class LiveTwin:
         streaming: bool,
         predict: bool = True,
         arrival_s: float | None = None,
+        block_hashes: tuple[int, ...] | None = None,
     ) -> Tracked | None:
         """A request went to the engine at `arrival_s` (default: now; the proxy forwards first
         and counts the prompt meanwhile, so it may report a moment later). None when the twin
@@ -167,12 +174,13 @@ class LiveTwin:
         arrival = now if arrival_s is None else min(arrival_s, now)
         rid = self._next_rid
         self._next_rid += 1
-        req = Request(rid, arrival, prompt_tokens, output_tokens)
+        req = Request(rid, arrival, prompt_tokens, output_tokens, block_hashes)
         try:
             self.replica.validate(req)
         except InvalidRequest:
             return None
         t = Tracked(rid, arrival, prompt_tokens, cap, output_tokens, exact, streaming)
+        t.block_hashes = block_hashes
         if predict:
             # Forking costs a few µs; the prediction itself (up to ~1 ms under load) is made
             # off the request path by `predict_arrival`, once the request is on its way.
@@ -187,7 +195,10 @@ class LiveTwin:
         snap = t.snapshot
         if snap is not None:
             t.snapshot = None
-            t.predicted = predict_one_more(snap, t.prompt_tokens, t.output_tokens, t.arrival_s)
+            hashes = t.block_hashes if self._hits(snap, t.prompt_tokens, t.block_hashes) else None
+            t.predicted = predict_one_more(
+                snap, t.prompt_tokens, t.output_tokens, t.arrival_s, block_hashes=hashes
+            )
         return t.predicted
 
     def token(self, t: Tracked, count: int = 1, first_at_s: float | None = None) -> None:
@@ -258,7 +269,7 @@ class LiveTwin:
 
     def _put_back(self, t: Tracked, generated: int, total: int, now: float) -> None:
         t.output_tokens = total
-        req = Request(t.rid, t.arrival_s, t.prompt_tokens, total)
+        req = Request(t.rid, t.arrival_s, t.prompt_tokens, total, t.block_hashes)
         r = self.replica
         r.abort(t.rid, now)
         try:
@@ -293,18 +304,68 @@ class LiveTwin:
                 self.num_extensions += 1
             self._put_back(t, t.streamed, total, now)
 
+    def remember(self, block_hashes: Sequence[int]) -> int:
+        """A finished request's blocks (prompt and answer) stay in the engine's prefix cache:
+        keep those the twin lacks as evictable, most recent last. Returns how many were new."""
+        r = self.replica
+        cache = r.cache
+        if cache is None or not block_hashes:
+            return 0
+        self.settle()
+        before = len(cache.evictable)
+        cache.keep(block_hashes)
+        added = len(cache.evictable) - before
+        # Cached blocks live in free memory: drop the least recently freed beyond it.
+        excess = len(cache.evictable) - (r.num_blocks - r.used_blocks)
+        if excess > 0:
+            cache.evict(excess)
+        return added
+
     # ------------------------------------------------------------------ queries
-    def predict(self, candidates: list[tuple[int, int]], impact: bool = False) -> list[Prediction]:
-        """Predicted latencies of each candidate (prompt, output) if it arrived now."""
+    def prefix_hit_tokens(self, prompt_tokens: int, block_hashes: Sequence[int] | None) -> int:
+        """Prompt tokens the engine would find cached (at least one token is computed)."""
+        cache = self.replica.cache
+        if cache is None or not block_hashes:
+            return 0
+        bs = self.replica.config.block_size
+        hit, _ = cache.match(block_hashes, (prompt_tokens - 1) // bs)
+        return hit * bs
+
+    def _hits(self, r: Replica, prompt_tokens: int, hashes: Sequence[int] | None) -> bool:
+        if r.cache is None or not hashes:
+            return False
+        return r.cache.match(hashes, (prompt_tokens - 1) // r.config.block_size)[0] > 0
+
+    def predict(
+        self,
+        candidates: list[tuple[int, int]],
+        impact: bool = False,
+        block_hashes: Sequence[Sequence[int] | None] | None = None,
+    ) -> list[Prediction]:
+        """Predicted latencies of each candidate (prompt, output) if it arrived now;
+        `block_hashes[i]`: candidate i's prompt hash chain (prefix-cache hits count)."""
         now = self.now()
         self.settle(now)
+        bs = self.replica.config.block_size
         out = []
         for i, (prompt, output) in enumerate(candidates):
+            hashes = block_hashes[i] if block_hashes is not None else None
             try:
                 self.replica.validate(Request(-1, now, prompt, output))
+                if hashes and len(hashes) > prompt // bs:
+                    raise InvalidRequest(
+                        f"{len(hashes)} block hashes cover {len(hashes) * bs} tokens, more "
+                        f"than the prompt's {prompt} (blocks of {bs} tokens)"
+                    )
             except InvalidRequest as e:
                 raise InvalidRequest(f"candidates.{i}: {e.detail}") from e
-            out.append(predict_one_more(self.replica, prompt, output, now, impact=impact))
+            # Without a hit the cache changes nothing for the candidate: keep the fast path.
+            chain = tuple(hashes) if hashes and self._hits(self.replica, prompt, hashes) else None
+            out.append(
+                predict_one_more(
+                    self.replica, prompt, output, now, impact=impact, block_hashes=chain
+                )
+            )
         return out
 
     def load(self) -> TwinLoad:

@@ -13,13 +13,17 @@ from pydantic import Field, model_validator
 from block.wire import WireModel
 
 TokenCount = Annotated[int, Field(ge=1, le=1_048_576)]
+# A prefix-cache block hash (block.simulator.prefix_cache.chain_hashes: 62 bits).
+BlockHash = Annotated[int, Field(ge=0, lt=1 << 62)]
 
 
 class Candidate(WireModel):
     prompt_tokens: TokenCount
     output_tokens: TokenCount  # the caller's estimate of the response length
-    # Prefix-cache block hashes of the prompt (issue: prefix awareness); optional.
-    block_hashes: list[int] | None = None
+    # Prefix-cache hash chain over the prompt's full blocks (the predictor's block size,
+    # 16 tokens by default, as vLLM's), from the same tokenizer and template; optional. The
+    # predicted TTFT then counts the blocks the replica holds.
+    block_hashes: Annotated[list[BlockHash], Field(max_length=65_536)] | None = None
 
 
 class PredictRequest(WireModel):
@@ -46,6 +50,7 @@ class PredictedLatency(WireModel):
     ttft_s: float
     e2e_s: float
     added_delay_s: float | None = None
+    prefix_hit_tokens: int = 0  # prompt tokens the replica holds in its prefix cache
 
 
 class LoadFigures(WireModel):

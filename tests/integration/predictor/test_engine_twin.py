@@ -12,6 +12,7 @@ import aiohttp
 import openai
 import pytest
 
+from block.simulator.prefix_cache import chain_hashes
 from block.simulator.replica import Replica, ReplicaConfig
 from block.simulator.requests import Request
 from block.wire.openai import ChatCompletionChunk, CompletionResponse
@@ -87,9 +88,12 @@ async def test_client_sees_the_simulated_timing(
 
     results = await asyncio.gather(*(one(i) for i in range(8)))
     sim = Replica(resources.latency, ReplicaConfig(num_blocks=4000, max_run_steps=1))
+    tok = resources.tokens
     for i, text in enumerate(prompts):
-        p = 1 + resources.tokens.count_text(text)
-        sim.submit(Request(i, sent[i], p, sizes[i][1]), sent[i])
+        # The engine caches prefixes as vLLM does: these prompts share theirs.
+        ids = tok.bos_ids + tok.encode(text)
+        hashes = tuple(chain_hashes(ids + tok.ids(0, sizes[i][1]), 16))
+        sim.submit(Request(i, sent[i], len(ids), sizes[i][1], hashes), sent[i])
     sim.run_until_idle()
     for i, (ttft, e2e, chunks) in enumerate(results):
         assert sum(1 for c in chunks if c["choices"]) == sizes[i][1]
