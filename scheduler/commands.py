@@ -14,7 +14,7 @@ _FIELDS = (
     "load_figures", "length_source", "prior_output_tokens", "chars_per_token", "slo_ttft_s",
     "slo_e2e_s", "slo_slack", "max_waiting_per_replica", "max_attempts", "connect_timeout_s",
     "read_timeout_s", "health_interval_s", "max_body_bytes", "api_keys_file", "log_level",
-    "cluster_config", "event_loop",
+    "cluster_config", "event_loop", "prefix_block_size",
 )  # fmt: skip
 
 
@@ -32,7 +32,7 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--policy",
         help="block, block-ttft, block-kK, power-of-K, power-of-k, llumnix, least-requests, "
-        "least-kv, round-robin, random (block)",
+        "least-kv, prefix-affinity, round-robin, random (block)",
     )
     p.add_argument("--k", type=int, help="k for power-of-k / block-k (2)")
     p.add_argument("--fallback-policy", help="load-based policy when no prediction came")
@@ -65,6 +65,12 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--prior-output-tokens", type=int, help="prior response length (256)")
     p.add_argument("--chars-per-token", type=float, help="prompt chars per token (4.0)")
+    p.add_argument(
+        "--no-prefix-hashes",
+        action="store_true",
+        help="send no prompt block hashes (no tokenizer; predictions ignore prefix caches)",
+    )
+    p.add_argument("--prefix-block-size", type=int, help="tokens per hashed KV block (16)")
     p.add_argument("--slo-ttft-ms", type=float, help="cluster TTFT SLO, ms (none)")
     p.add_argument("--slo-e2e-ms", type=float, help="cluster e2e SLO, ms (none)")
     p.add_argument("--slo-slack", type=float, help="429 only beyond SLO x this (1.0)")
@@ -101,6 +107,8 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
         values["slo_e2e_s"] = args.slo_e2e_ms / 1000.0
     if args.no_reject:
         values["reject_unmeetable"] = False
+    if getattr(args, "no_prefix_hashes", False):
+        values["prefix_hashes"] = False
     return {k: v for k, v in values.items() if v is not None}
 
 

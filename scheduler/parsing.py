@@ -40,6 +40,8 @@ class Inbound:
     sequences: int  # prompts x n: parallel sequences the engine will run
     slo_ttft_s: float | None
     slo_e2e_s: float | None
+    request: CompletionRequest | ChatCompletionRequest | None = None  # the validated body
+    block_hashes: tuple[int, ...] | None = None  # the prompt's prefix-cache hash chain
 
 
 def parse_json(raw: bytes) -> dict[str, Any]:
@@ -88,6 +90,7 @@ def parse(
         sequences=prompts * req.n,
         slo_ttft_s=slo_ttft,
         slo_e2e_s=slo_e2e,
+        request=req,
     )
 
 

@@ -31,6 +31,7 @@ class Answer:
     prediction: Prediction
     figures: LoadFigures
     sent_at: float  # loop time the question left; the figures are at least this fresh
+    prefix_hit_tokens: int = 0  # prompt tokens the replica holds in its prefix cache
 
 
 class PredictorClient:
@@ -43,12 +44,20 @@ class PredictorClient:
         self._background: set[asyncio.Task[Answer | None]] = set()
 
     async def ask(
-        self, replicas: Sequence[Replica], prompt_tokens: int, output_tokens: int
+        self,
+        replicas: Sequence[Replica],
+        prompt_tokens: int,
+        output_tokens: int,
+        block_hashes: Sequence[int] | None = None,
     ) -> list[Answer | None]:
-        """One answer (or None) per replica, in order, within the deadline."""
+        """One answer (or None) per replica, in order, within the deadline; `block_hashes`
+        (the prompt's prefix-cache chain) make the predictions count cache hits."""
         loop = asyncio.get_running_loop()
         now = loop.time()
-        body = b'{"prompt_tokens":%d,"output_tokens":%d}' % (prompt_tokens, output_tokens)
+        body = b'{"prompt_tokens":%d,"output_tokens":%d' % (prompt_tokens, output_tokens)
+        if block_hashes:
+            body += b',"block_hashes":[%s]' % ",".join(map(str, block_hashes)).encode()
+        body += b"}"
         tasks: list[asyncio.Task[Answer | None] | None] = []
         for r in replicas:
             if r.predictor_skip_until > now:
@@ -123,6 +132,7 @@ class PredictorClient:
             Prediction(answer.queue_s, answer.ttft_s, answer.e2e_s, answer.added_delay_s),
             answer.load,
             sent_at,
+            answer.predictions[0].prefix_hit_tokens if answer.predictions else 0,
         )
 
     async def close(self) -> None:

@@ -86,7 +86,7 @@ class Proxy:
         overloaded = 0
         for attempt in range(1, self._settings.max_attempts + 1):
             try:
-                decision = await self._router.decide(route, tried)
+                decision = await self._router.decide(route, tried, inbound.block_hashes)
             except Unavailable:
                 if failures:
                     break

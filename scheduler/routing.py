@@ -30,7 +30,14 @@ from block.scheduler.metrics import SchedulerMetrics
 from block.scheduler.predicting import Answer, PredictorClient
 from block.scheduler.replicas import NEVER, Replica, ReplicaSet, Ticket
 from block.scheduler.settings import SchedulerSettings
-from block.simulator.policies import Policy, ReplicaView, RouteRequest, make_policy, meets_slo
+from block.simulator.policies import (
+    Policy,
+    PrefixAffinity,
+    ReplicaView,
+    RouteRequest,
+    make_policy,
+    meets_slo,
+)
 from block.simulator.prediction import Prediction
 from block.wire.predict import LoadFigures
 
@@ -85,11 +92,25 @@ class Router:
         self._predictor = predictor
         self._metrics = metrics
         self._rng = rng
-        self.fans_out = self.policy.needs_prediction or (
-            self.policy.needs_load and settings.load_figures == "request"
+        # Which replica holds the prompt's prefix is only known by asking, per request.
+        self.reads_prefix = self.policy.name == PrefixAffinity.name
+        self.fans_out = (
+            self.policy.needs_prediction
+            or self.reads_prefix
+            or (self.policy.needs_load and settings.load_figures == "request")
         )
 
-    async def decide(self, route: RouteRequest, exclude: set[str]) -> Decision:
+    @property
+    def uses_prefix_hashes(self) -> bool:
+        """The policy reads what block hashes add (predicted hits, cached prefix lengths)."""
+        return self.policy.needs_prediction or self.reads_prefix
+
+    async def decide(
+        self,
+        route: RouteRequest,
+        exclude: set[str],
+        block_hashes: Sequence[int] | None = None,
+    ) -> Decision:
         """Pick a replica and dispatch to it (the returned ticket counts it in flight)."""
         t0 = time.perf_counter()
         loop = asyncio.get_running_loop()
@@ -104,7 +125,7 @@ class Router:
         answers: Sequence[Answer | None] = [None] * len(cand)
         if self.fans_out:
             answers = await self._predictor.ask(
-                [live[i] for i in cand], route.prompt_tokens, route.output_tokens
+                [live[i] for i in cand], route.prompt_tokens, route.output_tokens, block_hashes
             )
         answered = sum(a is not None for a in answers)
         if policy.needs_load or policy.needs_prediction:
@@ -142,8 +163,11 @@ class Router:
         unseen = r.unseen(since)
         if prediction is not None and unseen:
             prediction = with_unseen(prediction, unseen)
+        hit = 0 if answer is None else answer.prefix_hit_tokens
         if figures is None:
-            return ReplicaView(index, 0, 0, 0, 1, inflight=unseen, prediction=prediction)
+            return ReplicaView(
+                index, 0, 0, 0, 1, inflight=unseen, prediction=prediction, prefix_hit_tokens=hit
+            )
         return ReplicaView(
             index=index,
             num_running=figures.num_running,
@@ -154,6 +178,7 @@ class Router:
             block_size=figures.block_size,
             inflight=unseen,
             prediction=prediction,
+            prefix_hit_tokens=hit,
         )
 
     def _admit(self, route: RouteRequest, views: Sequence[ReplicaView], all_answered: bool) -> None:

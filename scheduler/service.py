@@ -14,6 +14,7 @@ need: any number can run side by side.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import random
@@ -27,6 +28,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from block.errors import BlockError, Overloaded, Unauthorized, Unavailable
+from block.predictor.tokens import Tokens
 from block.scheduler import discovery as discovery_mod
 from block.scheduler import health, parsing
 from block.scheduler.auth import ApiKeys
@@ -38,9 +40,12 @@ from block.scheduler.replicas import Endpoint, ReplicaSet
 from block.scheduler.routing import Router, check_policies
 from block.scheduler.settings import SchedulerSettings, cluster_defaults
 from block.simulator.policies import RouteRequest
+from block.simulator.prefix_cache import chain_hashes
 
 logger = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# Prompts longer than this are tokenized in a worker thread (about 0.3 µs a character).
+HASH_OFFLOAD_CHARS = 256
 
 
 @dataclass
@@ -57,6 +62,17 @@ class Gateway:
     lengths: LengthSource
     default_slo: tuple[float | None, float | None]
     discovery: discovery_mod.Discovery
+    tokens: Tokens | None = None  # prompt token ids for prefix-cache hashes; None: none sent
+
+    async def prompt_hashes(self, inbound: parsing.Inbound) -> tuple[int, ...] | None:
+        """The prompt's block hash chain, from the ids the sidecars compute (same tokenizer,
+        same template); tokenized in a thread beyond a few hundred characters."""
+        if self.tokens is None or inbound.request is None:
+            return None
+        ids = await self.tokens.request_prompt_ids(inbound.request, HASH_OFFLOAD_CHARS)
+        if ids is None:
+            return None
+        return tuple(chain_hashes(ids, self.settings.prefix_block_size)) or None
 
 
 SETTINGS = web.AppKey("settings", SchedulerSettings)
@@ -135,7 +151,11 @@ async def generate(request: web.Request) -> web.StreamResponse:
     inbound = parsing.parse(
         endpoint, body, request.headers, gw.settings.chars_per_token, gw.default_slo
     )
+    # Hashing (tokenizer, in a thread) runs while the length is estimated.
+    hashing = asyncio.ensure_future(gw.prompt_hashes(inbound)) if gw.tokens else None
     output_tokens = await gw.lengths.output_tokens(inbound)
+    if hashing is not None:
+        inbound = dataclasses.replace(inbound, block_hashes=await hashing)
     route = RouteRequest(
         inbound.prompt_tokens, output_tokens, inbound.slo_ttft_s, inbound.slo_e2e_s
     )
@@ -233,9 +253,11 @@ def create_app(
     settings: SchedulerSettings,
     estimator: Estimator | None = None,
     discovery: discovery_mod.Discovery | None = None,
+    tokens: Tokens | None = None,
 ) -> web.Application:
     """The gateway. `estimator` is an already loaded length estimator (None: the prior);
-    `discovery` defaults to what the settings say."""
+    `discovery` defaults to what the settings say; `tokens` an already loaded tokenizer for
+    prefix hashes (None: loaded at start-up when the settings and the policy use them)."""
     check_policies(settings)  # a bad name fails here, not at start-up
     disc = discovery or make_discovery(settings)
     app = web.Application(middlewares=[problems], client_max_size=settings.max_body_bytes)
@@ -261,6 +283,10 @@ def create_app(
         predictor = PredictorClient(settings, metrics)
         rng = random.Random(settings.seed)
         router = Router(settings, replicas, predictor, metrics, rng)
+        tok = None
+        if settings.prefix_hashes and router.uses_prefix_hashes:
+            loop = asyncio.get_running_loop()
+            tok = tokens or await loop.run_in_executor(None, Tokens.llama3)
         gw = Gateway(
             settings=settings,
             metrics=metrics,
@@ -278,6 +304,7 @@ def create_app(
             ),
             default_slo=default_slo,
             discovery=disc,
+            tokens=tok,
         )
         app[GATEWAY] = gw
         prober: asyncio.Task[None] | None = None

@@ -79,6 +79,13 @@ class SchedulerSettings(BaseSettings):
     # Prompt tokens are estimated from characters (tokenizing every prompt costs ~0.3 µs per
     # character on the event loop); Llama-3 English text averages 4-5 characters per token.
     chars_per_token: Annotated[float, Field(gt=0)] = 4.0
+    # Prefix-cache awareness: tokenize each prompt (Llama-3 tokenizer and chat template, as
+    # the sidecars do; in a thread beyond a few hundred characters) into its block hash chain
+    # and send it with the predictions, so `block` predicts cache hits and `prefix-affinity`
+    # sees them. Used by policies that read them; off: no tokenizer is loaded.
+    prefix_hashes: bool = True
+    # Tokens per hashed block: the engines' KV block size (vLLM's default is 16).
+    prefix_block_size: Annotated[int, Field(ge=1, le=1024)] = 16
 
     # Cluster-wide SLOs (requests may override them with headers x-block-slo-ttft-ms and
     # x-block-slo-e2e-ms); unset: none. Also read from the operator's cluster.json.
@@ -106,6 +113,11 @@ class SchedulerSettings(BaseSettings):
     failure_backoff_max_s: Seconds = 30.0
     # Active health probe of each replica's /readyz (0: off, rely on discovery readiness).
     health_interval_s: Annotated[float, Field(ge=0)] = 2.0
+    # Autoscaler API (/v1/autoscaling/*): arrivals are reported over this rolling window (the
+    # operator's control interval, 60 s by default), and a drain the operator never ends or
+    # undoes lapses after `drain_max_s` (above the operator's own 300 s drain bound).
+    autoscaling_window_s: Annotated[float, Field(ge=1, le=3600)] = 60.0
+    drain_max_s: Seconds = 900.0
 
     # Largest request body accepted, bytes (413 beyond): a 128k-token prompt fits.
     max_body_bytes: Annotated[int, Field(gt=0)] = 8 * 1024 * 1024

@@ -104,7 +104,7 @@ Gateway = Callable[..., Awaitable[TestServer]]
 
 
 @pytest.fixture
-async def gateway() -> AsyncIterator[Gateway]:
+async def gateway(resources: Resources) -> AsyncIterator[Gateway]:
     """`await gateway(replicas, **settings)`: a gateway in front of them."""
     servers: list[TestServer] = []
 
@@ -119,7 +119,9 @@ async def gateway() -> AsyncIterator[Gateway]:
         }
         values.update(kw)
         estimator = values.pop("estimator", None)
-        server = TestServer(create_app(SchedulerSettings(**values), estimator), host="127.0.0.1")
+        # The sidecars' tokenizer, already loaded, for prompt hashes.
+        app = create_app(SchedulerSettings(**values), estimator, tokens=resources.tokens)
+        server = TestServer(app, host="127.0.0.1")
         await server.start_server()
         servers.append(server)
         return server
