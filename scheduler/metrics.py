@@ -168,7 +168,7 @@ class SchedulerMetrics:
             ),
             replicas=Gauge(
                 "block_scheduler_replicas",
-                "Replicas known, by state (routable, unready, backoff).",
+                "Replicas known, by state (routable, unready, backoff, draining).",
                 ["state"],
                 registry=r,
             ),

@@ -23,6 +23,7 @@ import aiohttp
 from aiohttp import web
 
 from block.errors import Overloaded, Unavailable, UpstreamError
+from block.scheduler.autoscaling_api import DATA_EVENTS
 from block.scheduler.metrics import SchedulerMetrics
 from block.scheduler.parsing import Inbound
 from block.scheduler.replicas import Replica
@@ -210,6 +211,7 @@ class Proxy:
         tail = first[-64:]
         broken: str | None = None
         relayed_error = ERROR_EVENT in first
+        events = first.count(b"data: ")  # about one per token: the autoscaler's size mix
         while True:
             try:
                 chunk = await resp.content.readany()
@@ -219,6 +221,7 @@ class Proxy:
             if not chunk:
                 break
             await out.write(chunk)  # a client gone raises ConnectionResetError
+            events += chunk.count(b"data: ")
             window = tail + chunk
             # The sidecar reports an engine that died mid-stream with an error event of its
             # own; the client has it already, the replica is still to blame.
@@ -234,6 +237,7 @@ class Proxy:
                 await out.write(error_event(f"the replica serving this stream failed: {broken}"))
         else:
             replica.note_success()
+            out[DATA_EVENTS] = events
         await out.write_eof()
         return out
 

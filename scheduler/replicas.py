@@ -68,10 +68,19 @@ class Replica:
         self.model: str | None = None  # as the predictor reports it
         self.dispatched = 0
         self.active: set[int] = set()
+        # Not routed to before this time: the autoscaler drains it (`autoscaling_api`).
+        self.drain_until = NEVER
+        # The sidecar's own in-flight count (every gateway's requests) and when it was asked.
+        self.sidecar_inflight: tuple[int, float] = (0, NEVER)
         self._recent: deque[tuple[float, int]] = deque()
 
     def routable(self, now: float) -> bool:
-        return self.ready and self.probe_ok and now >= self.backoff_until
+        return (
+            self.ready and self.probe_ok and now >= self.backoff_until and now >= self.drain_until
+        )
+
+    def draining(self, now: float) -> bool:
+        return now < self.drain_until
 
     def dispatch(self, now: float, ticket_id: int) -> Ticket:
         self.dispatched += 1
@@ -130,6 +139,7 @@ class Replica:
             "backoff_s": max(0.0, self.backoff_until - now),
             "predictor_skipped_s": max(0.0, self.predictor_skip_until - now),
             "inflight": len(self.active),
+            "draining_s": max(0.0, self.drain_until - now),
             "dispatched": self.dispatched,
             "model": self.model,
             "load": self.figures.model_dump() if self.figures else None,
@@ -177,7 +187,11 @@ class ReplicaSet:
         live = [r for r in self._ordered if r.url not in exclude and r.routable(now)]
         if live:
             return live
-        waiting = [r for r in self._ordered if r.url not in exclude and r.ready and r.probe_ok]
+        waiting = [
+            r
+            for r in self._ordered
+            if r.url not in exclude and r.ready and r.probe_ok and not r.draining(now)
+        ]
         if not waiting:
             return []
         return [min(waiting, key=lambda r: r.backoff_until)]

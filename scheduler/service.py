@@ -3,6 +3,7 @@
     POST /v1/completions, /v1/chat/completions   routed, proxied, streamed (SSE) as it arrives
     GET  /v1/models                               from a ready replica
     GET  /v1/replicas                             what this gateway sees of each replica
+    GET  /v1/autoscaling/load, POST .../drain     the operator's autoscaler (autoscaling_api)
     GET  /healthz                                 200 while the process serves
     GET  /metrics                                 Prometheus text format (block_scheduler_*)
 
@@ -29,8 +30,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from block.errors import BlockError, Overloaded, Unauthorized, Unavailable
 from block.predictor.tokens import Tokens
+from block.scheduler import autoscaling_api, health, parsing
 from block.scheduler import discovery as discovery_mod
-from block.scheduler import health, parsing
 from block.scheduler.auth import ApiKeys
 from block.scheduler.lengths import Estimator, LengthSource
 from block.scheduler.metrics import SchedulerMetrics
@@ -151,6 +152,8 @@ async def generate(request: web.Request) -> web.StreamResponse:
     inbound = parsing.parse(
         endpoint, body, request.headers, gw.settings.chars_per_token, gw.default_slo
     )
+    autoscaling = request.app[autoscaling_api.AUTOSCALING]
+    autoscaling.arrived()
     # Hashing (tokenizer, in a thread) runs while the length is estimated.
     hashing = asyncio.ensure_future(gw.prompt_hashes(inbound)) if gw.tokens else None
     output_tokens = await gw.lengths.output_tokens(inbound)
@@ -166,6 +169,7 @@ async def generate(request: web.Request) -> web.StreamResponse:
         gw.metrics.child(gw.metrics.e2e_seconds, endpoint).observe(
             asyncio.get_running_loop().time() - request[STARTED]
         )
+    autoscaling.served(endpoint, inbound.prompt_tokens, outcome.response)
     return outcome.response
 
 
@@ -222,10 +226,12 @@ async def healthz(request: web.Request) -> web.Response:
 async def metrics_endpoint(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     now = asyncio.get_running_loop().time()
-    states = {"routable": 0, "unready": 0, "backoff": 0}
+    states = {"routable": 0, "unready": 0, "backoff": 0, "draining": 0}
     for r in gw.replicas.all():
         if not (r.ready and r.probe_ok):
             states["unready"] += 1
+        elif r.draining(now):
+            states["draining"] += 1
         elif r.routable(now):
             states["routable"] += 1
         else:
@@ -342,4 +348,5 @@ def create_app(
     app.router.add_get("/v1/replicas", replicas_view)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_endpoint)
+    autoscaling_api.install(app, settings, metrics.registry, lambda: app.get(GATEWAY))
     return app
