@@ -145,7 +145,8 @@ class PredictiveAdvisor:
         starting = max(0, spec.replicas - len([r for r in load.replicas if not r.draining]))
         obs = autoscaling.Observation(
             now_s=now,
-            arrivals=load.arrivals,
+            # The gateway counts over its own window; the decision expects one control interval.
+            arrivals=round(load.arrivals * self.interval_s / load.interval_seconds),
             interarrival_cv=load.interarrival_cv,
             sizes=[tuple(s) for s in load.sizes],  # type: ignore[misc]
             replicas=[self._twin(latency, i, r, load, now) for i, r in enumerate(live)],
