@@ -65,15 +65,18 @@ class Gateway:
     discovery: discovery_mod.Discovery
     tokens: Tokens | None = None  # prompt token ids for prefix-cache hashes; None: none sent
 
-    async def prompt_hashes(self, inbound: parsing.Inbound) -> tuple[int, ...] | None:
-        """The prompt's block hash chain, from the ids the sidecars compute (same tokenizer,
-        same template); tokenized in a thread beyond a few hundred characters."""
+    async def prompt_hashes(self, inbound: parsing.Inbound) -> parsing.Inbound:
+        """`inbound` with the prompt's block hash chain and its exact token count, from the ids
+        the sidecars compute (same tokenizer, same template); tokenized in a thread beyond a
+        few hundred characters. The count must come from the same ids: a predictor refuses
+        hashes that cover more tokens than the prompt it is told of (HTTP 400)."""
         if self.tokens is None or inbound.request is None:
-            return None
+            return inbound
         ids = await self.tokens.request_prompt_ids(inbound.request, HASH_OFFLOAD_CHARS)
-        if ids is None:
-            return None
-        return tuple(chain_hashes(ids, self.settings.prefix_block_size)) or None
+        if not ids:
+            return inbound
+        hashes = tuple(chain_hashes(ids, self.settings.prefix_block_size)) or None
+        return dataclasses.replace(inbound, block_hashes=hashes, prompt_tokens=len(ids))
 
 
 SETTINGS = web.AppKey("settings", SchedulerSettings)
@@ -158,7 +161,7 @@ async def generate(request: web.Request) -> web.StreamResponse:
     hashing = asyncio.ensure_future(gw.prompt_hashes(inbound)) if gw.tokens else None
     output_tokens = await gw.lengths.output_tokens(inbound)
     if hashing is not None:
-        inbound = dataclasses.replace(inbound, block_hashes=await hashing)
+        inbound = await hashing
     route = RouteRequest(
         inbound.prompt_tokens, output_tokens, inbound.slo_ttft_s, inbound.slo_e2e_s
     )
