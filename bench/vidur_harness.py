@@ -212,6 +212,13 @@ def vidur_args(
     return [item for pair in flags.items() for item in pair] + switches
 
 
+def new_run_dir(label: str) -> Path:
+    """A fresh folder for one Vidur run (Vidur adds its own timestamped folder inside)."""
+    path = WORK / "runs" / f"{label}-{time.time_ns()}"
+    path.mkdir(parents=True)
+    return path
+
+
 def run_vidur(
     python: Path, args: Sequence[str], out_dir: Path, console: Console, label: str
 ) -> tuple[Path, float, dict[str, float]]:
@@ -326,12 +333,17 @@ def fit_vidur(
     record = FitRecord.load(record_path)
     if record is not None:
         return record
+    # Models without a record come from an interrupted run: Vidur would reuse them and the fit
+    # would look instant, so drop them and measure a real fit.
+    for name in ("predictors", "predictions", "training_predictions"):
+        shutil.rmtree(cache_dir / name, ignore_errors=True)
     console.log(f"fitting Vidur's random forests ({grid} grid, {threads} threads); done once")
     trace = WORK / "fit_trace.csv"
     write_splitwise_trace(requests[:1], trace)
     cpu0 = _children_cpu_s()
-    args = vidur_args(trace, cache_dir, WORK / "runs", ids, threads, grid)
-    _, wall_s, _ = run_vidur(python, args, WORK / "runs", console, "fit")
+    out_dir = new_run_dir("fit")
+    args = vidur_args(trace, cache_dir, out_dir, ids, threads, grid)
+    _, wall_s, _ = run_vidur(python, args, out_dir, console, "fit")
     record = FitRecord(wall_s, _children_cpu_s() - cpu0, threads)
     record.save(record_path)
     return record

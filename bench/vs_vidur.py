@@ -64,6 +64,7 @@ from vidur_harness import (
     TraceRequest,
     ensure_vidur_venv,
     fit_vidur,
+    new_run_dir,
     read_vidur_requests,
     run_checked,
     run_vidur,
@@ -323,11 +324,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for n, (trace, requests) in traces.items():
             splitwise = WORK / f"azure_conv_{n}_vidur_0_0_26.csv"
             write_splitwise_trace(requests, splitwise)
-            vargs = vidur_args(
-                splitwise, cache_dir, WORK / "runs", ids, args.threads, args.vidur_grid
-            )
+            out_dir = new_run_dir(str(n))
+            vargs = vidur_args(splitwise, cache_dir, out_dir, ids, args.threads, args.vidur_grid)
             console.log(f"Vidur: {n:,} requests")
-            run_dir, wall_s, phases = run_vidur(python, vargs, WORK / "runs", console, str(n))
+            run_dir, wall_s, phases = run_vidur(python, vargs, out_dir, console, str(n))
             ttft, e2e, decode, restarts = read_vidur_requests(run_dir)
             vidur = RunResult(summarize(ttft, e2e, decode), len(e2e), wall_s, phases)
             console.log(
