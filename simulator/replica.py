@@ -208,6 +208,7 @@ class Replica:
         # State.
         self.now = 0.0
         self.waiting: deque[tuple[Request, int]] = deque()  # (request, tokens generated)
+        self.waiting_tokens = 0  # prompt + generated tokens of everything waiting (routers read it)
         self.running: dict[int, _Prefill | _Decode] = {}  # admission order
         self.prefills: list[_Prefill] = []
         self.used_blocks = 0
@@ -247,8 +248,7 @@ class Replica:
 
     def waiting_prefill_tokens(self) -> int:
         """Prompt tokens still to compute: waiting requests plus unfinished prefills."""
-        pending = sum(r.prompt_tokens + g for r, g in self.waiting)
-        return pending + sum(p.target - p.computed for p in self.prefills)
+        return self.waiting_tokens + sum(p.target - p.computed for p in self.prefills)
 
     def _blocks(self, tokens: int) -> int:
         return -(-tokens // self._bs)
@@ -269,6 +269,7 @@ class Replica:
         other.on_step = None
         other.now = self.now
         other.waiting = self.waiting.copy()
+        other.waiting_tokens = self.waiting_tokens
         running = self.running.copy()
         prefills = []
         for p in self.prefills:
@@ -320,6 +321,7 @@ class Replica:
         self.interrupt(now)
         self.recorder.arrival[req.rid] = req.arrival_s
         self.waiting.append((req, 0))
+        self.waiting_tokens += req.prompt_tokens
         if self.inflight is None:
             self.now = max(self.now, now)
             self._start_step()
@@ -334,6 +336,7 @@ class Replica:
         if entry is None:
             for i, (req, _) in enumerate(self.waiting):
                 if req.rid == rid:
+                    self.waiting_tokens -= req.prompt_tokens + self.waiting[i][1]
                     del self.waiting[i]
                     return True
             return False
@@ -391,6 +394,7 @@ class Replica:
         free = self.num_blocks - self.used_blocks
         if held > free or len(self.running) >= self.config.max_num_seqs:
             self.waiting.appendleft((req, generated))
+            self.waiting_tokens += req.prompt_tokens + generated
         else:
             key = cached - done
             member = _Decode(req, key, done + req.output_tokens - generated)
@@ -555,6 +559,7 @@ class Replica:
             self._free_request(req, entry.shared, entry.blocks, entry.computed)
             generated = entry.generated
         self.waiting.appendleft((req, generated))
+        self.waiting_tokens += req.prompt_tokens + generated
         self.num_preemptions += 1
         rec = self.recorder.preemptions
         rec[rid] = rec.get(rid, 0) + 1
@@ -631,6 +636,7 @@ class Replica:
                 if blocks + revived > free:
                     break
                 self.waiting.popleft()
+                self.waiting_tokens -= target
                 p = _Prefill(req, generated, hit + blocks)
                 if hit and cache is not None and hashes:
                     p.computed = done

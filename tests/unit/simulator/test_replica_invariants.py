@@ -186,3 +186,15 @@ def test_step_records_cover_every_step(latency: LatencyModel) -> None:
     assert all(a.end_s <= b.start_s + 1e-9 for a, b in itertools.pairwise(log))
     assert all(0 <= s.kv_used_blocks <= r.num_blocks for s in log)
     assert any(s.steps > 1 for s in log), "decode runs are recorded as one entry"
+
+
+def test_waiting_token_counter_matches_queue(latency: LatencyModel) -> None:
+    r = Replica(latency, ReplicaConfig("vllm", 512, 16, num_blocks=400))
+    reqs = make_requests(seed=17, n=300, qps=20.0, max_prompt=1500, max_out=600)
+    for q in reqs:
+        r.submit(q, q.arrival_s)
+        assert r.waiting_tokens == sum(x.prompt_tokens + g for x, g in r.waiting)
+    assert r.num_preemptions > 0
+    while r.inflight is not None:
+        r.advance_to(r.inflight.end_s)
+        assert r.waiting_tokens == sum(x.prompt_tokens + g for x, g in r.waiting)
