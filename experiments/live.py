@@ -111,7 +111,7 @@ def compare(args: argparse.Namespace, policies: list[str], qps: float) -> int:
         f"{args.live_replicas} engine twins + predictor sidecars + gateway; {len(plan)} "
         f"ShareGPT requests per policy (same prompts, same send times); latencies measured "
         "by `block bench` at the client. `simulated`: the simulator on the same cluster and "
-        "requests, predicting policies routing on the gateway's length estimates.\n",
+        "requests.\n",
         reporting.markdown_table(rows),
     ]
     (out / "comparison.md").write_text("\n".join(md))
@@ -131,11 +131,10 @@ async def _bench(cfg: Any, plan: Any, quiet: bool, console: Any) -> Any:
 def _simulated(
     args: argparse.Namespace, engine: Any, plan: Any, policies: list[str]
 ) -> dict[str, dict[str, Any]]:
-    """The simulator's answer for the same replicas and the same requests. The engines
-    produce the true lengths; a predicting policy routes on what the live gateway believes:
-    the shipped estimator's p50 capped by `max_tokens`, in belief twins (`estimated`), since
-    comparing the live gateway with an oracle router would blame the live path for the
-    estimate's error."""
+    """The simulator's answer for the same replicas and the same requests, with oracle
+    lengths: `block bench` sends `ignore_eos` with `max_tokens` = the true reply length, so
+    the live gateway and sidecars know each length exactly too (an estimated-length
+    simulation would be the wrong baseline here)."""
     from block.experiments import clusters, simulating, workload
     from block.simulator.requests import Request
 
@@ -144,31 +143,14 @@ def _simulated(
         max_num_seqs=engine.max_num_seqs,
     )  # fmt: skip
     reqs = [Request(i, p.send_s, p.prompt_tokens + 1, p.max_tokens) for i, p in enumerate(plan)]
-    wl = workload.Workload(reqs, _gateway_estimates(plan), {})
+    wl = workload.Workload(reqs, {}, {})
     out: dict[str, dict[str, Any]] = {}
     for policy in policies:
         try:
-            out[policy] = simulating.run(spec, policy, wl, "estimated", args.live_seed).summary
+            out[policy] = simulating.run(spec, policy, wl, "oracle", args.live_seed).summary
         except BlockError:
             continue  # a gateway-only policy the simulator does not know
     return out
-
-
-def _gateway_estimates(plan: Any) -> dict[int, int]:
-    """The output lengths the live gateway routes on, by request id: the shipped estimator's
-    p50 (its prior when the estimator is not installed, as the gateway does), capped by
-    `max_tokens`."""
-    from block.scheduler.settings import SchedulerSettings
-
-    prior = int(SchedulerSettings.model_fields["prior_output_tokens"].default)
-    try:
-        from block.estimator import LengthEstimator
-
-        est = [int(e.p50_tokens) for e in LengthEstimator.load_default().estimate(
-            [p.prompt for p in plan])]  # fmt: skip
-    except Exception:  # no estimator or no artifact: the gateway would not have one either
-        est = [prior] * len(plan)
-    return {i: max(1, min(e, p.max_tokens)) for i, (e, p) in enumerate(zip(est, plan, strict=True))}
 
 
 def _print_table(console: Any, rows: list[dict[str, Any]], qps: float) -> None:
