@@ -1,12 +1,14 @@
-"""prefix: prefix-cache-aware routing on multi-turn ShareGPT chat (simulated).
+"""prefix: prefix-cache-aware routing (simulated).
 
-Sessions replay ShareGPT conversations (each turn re-sends the conversation so far; the next
-turn arrives an exponential think time after the answer). Policies: `block` predicting TTFT
-with the prompt's prefix-cache hits (`block-ttft+prefix`), the same without cache knowledge
-(`block-ttft`), `block` on e2e with hits (`block+prefix`), `prefix-affinity` (longest cached
-prefix, load tie-break), `least-requests`, `round-robin`. For each, the capacity (highest session
-rate on a grid whose P99 TTFT meets the SLO), then all policies at 80 % of the best non-Block
-capacity: hit rate, p50/p99 TTFT and e2e. Writes prefix.csv, prefix.md, prefix.png,
+`--workload multi-turn` (default): sessions replay ShareGPT conversations (each turn re-sends
+the conversation so far; the next turn arrives an exponential think time after the answer).
+`--workload system-prompt`: one-turn requests, each a real ShareGPT first turn behind one of 8
+shared 1,024-token system prompts. Policies: `block` predicting TTFT with the prompt's
+prefix-cache hits (`block-ttft+prefix`), the same without cache knowledge (`block-ttft`),
+`block` on e2e with hits (`block+prefix`), `prefix-affinity` (longest cached prefix, load
+tie-break), `least-requests`, `round-robin`. For each, the capacity (highest rate on a grid
+whose P99 TTFT meets the SLO), then all policies at 80 % of the best non-Block capacity: hit
+rate, p50/p99 TTFT and e2e. Writes prefix.csv, curves.csv, prefix.md, prefix.png,
 summary.json.
 """
 
@@ -35,7 +37,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sessions", type=int, default=1500, help="conversations per run")
     p.add_argument("--think", type=float, default=10.0, help="mean think time (s) between turns")
     p.add_argument("--slo-ttft", type=float, default=1.0, help="P99 TTFT limit (seconds)")
-    p.add_argument("--rates", default="6,9,12,15,18,21", help="session start rates (per s)")
+    p.add_argument(
+        "--workload",
+        choices=("multi-turn", "system-prompt"),
+        default="multi-turn",
+        help="multi-turn ShareGPT sessions, or one-turn requests behind 8 shared system prompts",
+    )
+    p.add_argument(
+        "--rates",
+        default=None,
+        help="session start rates per s (default 6..21 multi-turn, 10..60 system-prompt)",
+    )
     p.add_argument("--policies", default=",".join(POLICIES))
     p.add_argument("--seed", type=int, default=1)
 
@@ -48,7 +60,10 @@ def _run(args: argparse.Namespace, label: str, rate: float) -> dict[str, Any]:
     name, aware = POLICIES[label]
     lat = LatencyModel.load("a100", "meta-llama/Llama-2-7b-hf")
     reps = [Replica(lat, ReplicaConfig("vllm", 2048, 64), i) for i in range(args.replicas)]
-    sessions = conversations.sharegpt_sessions()[: args.sessions]
+    if args.workload == "system-prompt":
+        sessions = conversations.system_prompt_sessions()[: args.sessions]
+    else:
+        sessions = conversations.sharegpt_sessions()[: args.sessions]
     started = time.perf_counter()
     records = conversations.simulate_sessions(
         reps, policies.make_policy(name), sessions, rate, args.think, args.seed, prefix_aware=aware
@@ -66,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
     if unknown:
         print(f"error: unknown policies {unknown}; known: {', '.join(POLICIES)}")
         return 2
-    rates = sorted(float(r) for r in args.rates.split(","))
+    default_rates = "10,20,30,40,50,60" if args.workload == "system-prompt" else "6,9,12,15,18,21"
+    rates = sorted(float(r) for r in (args.rates or default_rates).split(","))
     capacity: dict[str, float] = {}
     rows: list[list[Any]] = []
     for label in labels:
@@ -99,7 +115,8 @@ def run(args: argparse.Namespace) -> int:
             [["policy", "rate", "hit_rate", "ttft_p50_s", "ttft_p99_s", "e2e_p50_s", "e2e_p99_s"],
              *rows]
         )  # fmt: skip
-    md = [f"At {point:.1f} sessions/s (80 % of the best non-Block capacity, {base:g}/s); "
+    md = [f"{args.workload}: at {point:.1f} sessions/s "
+          f"(80 % of the best non-Block capacity, {base:g}/s); "
           f"{args.replicas} replicas, SLO p99 TTFT {args.slo_ttft:g} s.", "",
           "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]  # fmt: skip
     md += ["| " + " | ".join([str(r[0]), *(f"{v:.3f}" for v in r[1:])]) + " |" for r in table]

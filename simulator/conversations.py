@@ -148,3 +148,47 @@ def simulate_sessions(
         for i in range(len(replicas)):
             collect_finishes(i)
     return cluster.collect(replicas, requests)
+
+
+def system_prompt_sessions(
+    num_prompts: int = 8,
+    system_tokens: int = 1024,
+    limit: int = 3000,
+    max_model_len: int = 4096,
+    block_size: int = 16,
+    seed: int = 0,
+) -> list[Session]:
+    """One-turn sessions whose prompts start with one of `num_prompts` shared system prompts
+    (the first `system_tokens` tokens of the longest real ShareGPT prompts) followed by a real
+    ShareGPT first turn; outputs are that turn's reply lengths. Cached."""
+    path = cache_dir() / (
+        f"sharegpt_system_v1_{num_prompts}_{system_tokens}_{limit}_{max_model_len}_{block_size}_{seed}.pkl"
+    )
+    if path.is_file():
+        with path.open("rb") as f:
+            cached: list[Session] = pickle.load(f)
+        return cached
+    from block.simulator.workloads import sharegpt_first_turns
+
+    tok = llama3_tokenizer()
+    turns = sharegpt_first_turns()
+    longest = sorted(turns, key=lambda t: len(t[1]), reverse=True)[: num_prompts * 4]
+    encoded = tok.encode_batch([p for _, p, _ in longest], add_special_tokens=False)  # type: ignore[attr-defined]
+    systems = [[128000, *e.ids[:system_tokens]] for e in encoded if len(e.ids) >= system_tokens]
+    systems = systems[:num_prompts]
+    used = {cid for cid, _, _ in longest}
+    rest = [t for t in turns if t[0] not in used][:limit]
+    users = tok.encode_batch([p for _, p, _ in rest], add_special_tokens=False)  # type: ignore[attr-defined]
+    replies = tok.encode_batch([r for _, _, r in rest], add_special_tokens=False)  # type: ignore[attr-defined]
+    rng = random.Random(seed)
+    sessions: list[Session] = []
+    for user, reply in zip(users, replies, strict=True):
+        prompt = systems[rng.randrange(len(systems))] + user.ids
+        output = reply.ids
+        if not output or len(prompt) + len(output) > max_model_len:
+            continue
+        hashes = tuple(chain_hashes(prompt + output, block_size))
+        sessions.append(Session(len(sessions), [(len(prompt), len(output), hashes)]))
+    with path.open("wb") as f:
+        pickle.dump(sessions, f)
+    return sessions

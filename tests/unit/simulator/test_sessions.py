@@ -43,3 +43,16 @@ def test_prefix_experiment_tiny(tmp_path: Path) -> None:
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert set(summary["at_load_point"]) == {"block-ttft+prefix", "prefix-affinity"}
     assert (tmp_path / "prefix.png").stat().st_size > 0
+
+
+def test_system_prompt_workload_shares_prefixes() -> None:
+    sessions = conversations.system_prompt_sessions()
+    assert len(sessions) > 1000
+    firsts = {s.turns[0][2][0] for s in sessions}
+    assert 2 <= len(firsts) <= 8  # one chain head per shared system prompt
+    by_head: dict[int, list[tuple[int, ...]]] = {}
+    for s in sessions:
+        by_head.setdefault(s.turns[0][2][0], []).append(s.turns[0][2])
+    for chains in by_head.values():
+        if len(chains) > 1:
+            assert chains[0][:64] == chains[1][:64]  # 1,024 system tokens = 64 shared blocks
