@@ -5,7 +5,7 @@ lays Block's exported operator tables out as a local Hugging Face hub-cache snap
 downloads its profiles from the hub; with `HF_HUB_OFFLINE=1` it reads the snapshot instead, no
 patching), fits Vidur's random forests once per table content, runs `python -O -m vidur.main`
 and reads its per-request metrics. Everything Vidur-specific is documented in
-/work/notes/vidur-study.md.
+docs/vidur-study.md.
 """
 
 from __future__ import annotations

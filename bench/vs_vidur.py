@@ -164,7 +164,7 @@ def run_block(trace: Path, num_requests: int, out_json: Path, compat: str) -> Ru
     """Run `block simulate` on the trace with the benchmark configuration.
 
     `compat="vidur"` makes Block round batch features the way Vidur does (see
-    /work/notes/vidur-study.md); "none" is Block's own latency model.
+    docs/vidur-study.md); "none" is Block's own latency model.
     """
     cmd = [str(ROOT / ".venv" / "bin" / "block"), "simulate", "--gpu", GPU, "--model", MODEL]
     cmd += ["--replicas", "1", "--scheduler", "sarathi", "--chunk-size", str(CHUNK_SIZE)]
