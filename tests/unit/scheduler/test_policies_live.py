@@ -44,7 +44,8 @@ async def test_block_picks_lowest_predicted_e2e(sidecars: Any, gateway: Any) -> 
     assert all(f.predicts == 3 for f in fakes)
     asked = fakes[0].predict_bodies[0]["candidates"][0]
     assert asked["output_tokens"] == 32  # prior 256 capped by max_tokens
-    assert asked["prompt_tokens"] == 6  # 22 characters at 4 per token
+    # The exact Llama-3 count (BOS + 6): the gateway tokenizes prompts for prefix hashes.
+    assert asked["prompt_tokens"] == 7
 
 
 async def test_block_ttft_picks_lowest_predicted_ttft(sidecars: Any, gateway: Any) -> None:
