@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from typing import Literal
 
 from block.errors import ConfigError, InvalidRequest
 from block.simulator.hardware import GpuSpec
-from block.simulator.latency import LatencyModel
+from block.simulator.latency import LatencyModel, RooflineAttention
 from block.simulator.models import ModelShape
 from block.simulator.prefix_cache import PrefixCache
 from block.simulator.requests import Recorder, Request
@@ -148,6 +149,23 @@ class _Run:
         self.last_s = last_s  # of the last (durations grow linearly with the cached KV)
         self.used_before = used_before  # KV blocks in use before the run's allocations
         self.end_s = start_s + self.elapsed(steps)
+
+    def steps_done(self, offset: float) -> int:
+        """The largest j <= steps with elapsed(j) <= offset (closed form, then exact)."""
+        f = self.first_s
+        slope = (self.last_s - f) / (self.steps - 1) if self.steps > 1 else 0.0
+        if slope > 1e-15:
+            # j*f + slope*j*(j-1)/2 = offset, solved for j.
+            b = f - slope / 2
+            j = int((-b + math.sqrt(b * b + 2 * slope * max(offset, 0.0))) / slope)
+        else:
+            j = int(max(offset, 0.0) / f) if f > 0 else self.steps
+        j = min(max(j, 0), self.steps)
+        while j > 0 and self.elapsed(j) > offset:
+            j -= 1
+        while j < self.steps and self.elapsed(j + 1) <= offset:
+            j += 1
+        return j
 
     def elapsed(self, j: int) -> float:
         """Time for the first j steps."""
@@ -832,25 +850,21 @@ def predict_quiet(
     elif isinstance(inflight, _Run):
         if inflight.end_s <= now:
             return None
-        offset = now - inflight.start_s
-        lo, hi = 0, inflight.steps - 1  # steps finished by `now`
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if inflight.elapsed(mid) <= offset:
-                lo = mid
-            else:
-                hi = mid - 1
+        lo = min(inflight.steps_done(now - inflight.start_s), inflight.steps - 1)
         t, g = inflight.start_s + inflight.elapsed(lo + 1), inflight.g0 + lo + 1
     elif not inflight.chunks and inflight.end_s > now:
         t, g = inflight.end_s, r.g + 1
     else:
         return None
     bs = r._bs
-    members = sorted(
-        (m.finish_g, m.key)
-        for fg, _, m in r.finish_heap
-        if fg > g and r.running.get(m.req.rid) is m
-    )
+    heap = r.finish_heap
+    if len(heap) == r.n_dec:  # no stale entries (preempted members) to skip
+        members = sorted([(fg, e[2].key) for e in heap if (fg := e[0]) > g])
+    else:
+        running = r.running
+        members = sorted(
+            [(fg, m.key) for fg, _, m in heap if fg > g and running.get(m.req.rid) is m]
+        )
     n = len(members)
     if n + 1 > cfg.max_num_seqs:
         return None
@@ -882,14 +896,29 @@ def predict_quiet(
         cand_key, cand_finish = prompt - g, output - 1 + g
         n += 1
         keys += cand_key
+        # decode_step_s inlined (the hot loop of the block policy): fixed part + attention.
+        if lat.compat != "none":
+            return None
+        lat.decode_step_s(len(members) + 1, 0)  # fills the per-batch fixed parts
+        fixed, attn_decode, layers = lat._decode_base, lat.attention.decode_s, lat.num_layers
+        # With attention linear in the cached KV, the mean step of a segment is its middle one
+        # (what the general path's first/last average gives); tables need both ends.
+        linear = isinstance(lat.attention, RooflineAttention)
+        count = len(members)
         while g < cand_finish:
-            nxt = members[i][0] if i < len(members) else cand_finish
-            steps = min(nxt, cand_finish) - g
-            first = lat.decode_step_s(n, keys + n * g)
-            last = lat.decode_step_s(n, keys + n * (g + steps - 1)) if steps > 1 else first
-            t += steps * (first + last) / 2
+            nxt = members[i][0] if i < count else cand_finish
+            steps = (nxt if nxt < cand_finish else cand_finish) - g
+            if steps == 1:
+                t += fixed[n] + layers * attn_decode(n, keys + n * g)
+            elif linear:
+                mid = keys + n * g + n * (steps - 1) / 2
+                t += steps * (fixed[n] + layers * attn_decode(n, mid))  # type: ignore[arg-type]
+            else:
+                first = fixed[n] + layers * attn_decode(n, keys + n * g)
+                last = fixed[n] + layers * attn_decode(n, keys + n * (g + steps - 1))
+                t += steps * (first + last) / 2
             g += steps
-            while i < len(members) and members[i][0] <= g:
+            while i < count and members[i][0] <= g:
                 keys -= members[i][1]
                 n -= 1
                 i += 1
