@@ -27,9 +27,6 @@ import asyncio
 import json
 import os
 import random
-import socket
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +34,7 @@ from typing import Any
 
 import aiohttp
 import numpy as np
+from _procs import spawn, wait_ready
 
 from block.predictor.lengths import LengthDistribution
 from block.simulator import workloads
@@ -54,36 +52,6 @@ class Result:
     pred_e2e: float
     ttft: float
     e2e: float
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def spawn(args: list[str]) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    exe = Path(sys.executable).parent / "block"
-    proc = subprocess.Popen(
-        [str(exe), *args, "--port", str(port), "--log-level", "WARNING"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    return proc, f"http://127.0.0.1:{port}"
-
-
-async def wait_ready(session: aiohttp.ClientSession, url: str) -> None:
-    for _ in range(600):
-        try:
-            async with session.get(url) as r:
-                if r.status == 200:
-                    return
-        except aiohttp.ClientError:
-            pass
-        await asyncio.sleep(0.1)
-    raise RuntimeError(f"{url} never became ready")
 
 
 def workload(qps: float, seconds: float, seed: int) -> list[tuple[float, int, int]]:
@@ -150,8 +118,8 @@ async def run_mode(
         conn = aiohttp.TCPConnector(limit=0)
         timeout = aiohttp.ClientTimeout(total=600)
         async with aiohttp.ClientSession(connector=conn, timeout=timeout) as session:
-            await wait_ready(session, engine_url + "/health")
-            await wait_ready(session, side_url + "/readyz")
+            await wait_ready(session, engine_url + "/health", 600)
+            await wait_ready(session, side_url + "/readyz", 600)
             start = time.perf_counter()
 
             async def fire(t: float, p: int, o: int) -> None:

@@ -21,47 +21,15 @@ import argparse
 import asyncio
 import json
 import os
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import numpy as np
+from _procs import spawn, wait_ready
 
 MODEL = "meta-llama/Llama-2-7b-hf"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def spawn(args: list[str]) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    exe = Path(sys.executable).parent / "block"
-    proc = subprocess.Popen(
-        [str(exe), *args, "--port", str(port), "--log-level", "WARNING"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    return proc, f"http://127.0.0.1:{port}"
-
-
-async def wait_ready(session: aiohttp.ClientSession, url: str) -> None:
-    for _ in range(300):
-        try:
-            async with session.get(url) as r:
-                if r.status == 200:
-                    return
-        except aiohttp.ClientError:
-            pass
-        await asyncio.sleep(0.1)
-    raise RuntimeError(f"{url} never became ready")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -119,8 +87,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         conn = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(connector=conn) as session:
-            await wait_ready(session, engine_url + "/health")
-            await wait_ready(session, side_url + "/readyz")
+            await wait_ready(session, engine_url + "/health", 300)
+            await wait_ready(session, side_url + "/readyz", 300)
             for _ in range(20):  # warm both paths
                 await ttfb(session, engine_url)
                 await ttfb(session, side_url)
