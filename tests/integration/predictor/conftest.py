@@ -12,34 +12,19 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import pytest
 
 from block.predictor.engine import ENGINE, EngineTwin, create_engine_app
-from block.predictor.lengths import LengthDistribution
 from block.predictor.service import SIDECAR, Sidecar, create_app
 from block.predictor.serving import Server, start
 from block.predictor.settings import EngineSettings, PredictorSettings
-from block.predictor.tokens import Tokens
-from block.simulator.latency import LatencyModel
 
-MODEL = "meta-llama/Llama-2-7b-hf"
-
-
-@dataclass(frozen=True)
-class Resources:
-    tokens: Tokens
-    lengths: LengthDistribution
-    latency: LatencyModel
-
-
-@pytest.fixture(scope="session")
-def resources() -> Resources:
-    return Resources(
-        Tokens.llama3(), LengthDistribution.sharegpt(), LatencyModel.load("a100", MODEL)
-    )
+if TYPE_CHECKING:
+    # The session-wide `resources` fixture lives in tests/integration/conftest.py.
+    from conftest import Resources
 
 
 @dataclass

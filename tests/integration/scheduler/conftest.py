@@ -8,35 +8,20 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from aiohttp.test_utils import TestServer
 
 from block.predictor.engine import create_engine_app
-from block.predictor.lengths import LengthDistribution
 from block.predictor.service import create_app as create_sidecar_app
 from block.predictor.serving import Server, start
 from block.predictor.settings import EngineSettings, PredictorSettings
-from block.predictor.tokens import Tokens
 from block.scheduler import SchedulerSettings, create_app
-from block.simulator.latency import LatencyModel
 
-MODEL = "meta-llama/Llama-2-7b-hf"
-
-
-@dataclass(frozen=True)
-class Resources:
-    tokens: Tokens
-    lengths: LengthDistribution
-    latency: LatencyModel
-
-
-@pytest.fixture(scope="session")
-def resources() -> Resources:
-    return Resources(
-        Tokens.llama3(), LengthDistribution.sharegpt(), LatencyModel.load("a100", MODEL)
-    )
+if TYPE_CHECKING:
+    # The session-wide `resources` fixture lives in tests/integration/conftest.py.
+    from conftest import Resources
 
 
 @dataclass
