@@ -10,7 +10,6 @@ replayed window. Writes burstiness.csv, burstiness.md, burstiness.png, summary.j
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,11 +33,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        return _run(args)
-    except BlockError as e:
-        print(f"error: {e.detail}")
-        return 2
+    from block.experiments import study
+
+    return study.guarded(_run, args)
 
 
 def azure_workload(n: int, qps: float, offset: int, max_model_len: int) -> tuple[Any, float]:
@@ -76,16 +73,9 @@ def azure_workload(n: int, qps: float, offset: int, max_model_len: int) -> tuple
 
 
 def _run(args: argparse.Namespace) -> int:
-    from rich.console import Console
+    from block.experiments import reporting, simulating, study, workload
 
-    from block.experiments import clusters, reporting, simulating, workload
-
-    console = Console(stderr=True, quiet=args.quiet)
-    out = Path(args.out)
-    spec = clusters.from_args(args)
-    labels = [x.strip() for x in args.policies.split(",") if x.strip()]
-    pool = workload.load_pool(spec.max_model_len, args.lengths_from)
-    remaining = simulating.RemainingLength([c.output_tokens for c in pool.conversations])
+    console, out, spec, labels, pool, remaining = study.start(args)
     cases: list[tuple[str, Any]] = []
     for cv in [float(x) for x in args.cvs.split(",") if x.strip()]:
         cases.append((f"gamma cv={cv:g}", workload.poisson(pool, args.requests, args.qps,

@@ -73,19 +73,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
-    from block.experiments import clusters, reporting, simulating, workload
+    from block.experiments import reporting, simulating, study, workload
     from block.experiments.search import find_capacity
     from block.simulator import policies
 
-    console = Console(stderr=True, quiet=args.quiet)
-    out = Path(args.out)
-    spec = clusters.from_args(args)
-    labels = [x.strip() for x in args.policies.split(",") if x.strip()]
-    pool = workload.load_pool(spec.max_model_len, args.lengths_from)
+    console, out, spec, labels, pool, remaining = study.start(args)
     base = workload.poisson(pool, args.requests, 1.0, args.seed)
-    remaining = simulating.RemainingLength([c.output_tokens for c in pool.conversations])
     console.print(
         f"capacity: {spec.describe()}; {args.requests} held-out ShareGPT requests per run; "
         f"estimated lengths from {pool.estimate_source}; SLO P99 TTFT <= {args.slo_ttft:g} s"

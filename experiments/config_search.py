@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-from pathlib import Path
 from typing import Any
 
 from block.errors import BlockError
@@ -37,26 +36,17 @@ def _ints(text: str) -> list[int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        return _run(args)
-    except BlockError as e:
-        print(f"error: {e.detail}")
-        return 2
+    from block.experiments import study
+
+    return study.guarded(_run, args)
 
 
 def _run(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
-    from block.experiments import clusters, reporting, simulating, workload
+    from block.experiments import reporting, simulating, study, workload
     from block.experiments.search import find_capacity
 
-    console = Console(stderr=True, quiet=args.quiet)
-    out = Path(args.out)
-    base_spec = clusters.from_args(args)
-    labels = [x.strip() for x in args.policies.split(",") if x.strip()]
-    pool = workload.load_pool(base_spec.max_model_len, args.lengths_from)
+    console, out, base_spec, labels, pool, remaining = study.start(args)
     base = workload.poisson(pool, args.requests, 1.0, args.seed)
-    remaining = simulating.RemainingLength([c.output_tokens for c in pool.conversations])
     rows: list[dict[str, Any]] = []
     for cap, chunk in itertools.product(_ints(args.batch_caps), _ints(args.chunks)):
         spec = base_spec.with_engine(chunk, cap)

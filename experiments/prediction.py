@@ -31,11 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        return _run(args)
-    except BlockError as e:
-        print(f"error: {e.detail}")
-        return 2
+    from block.experiments import study
+
+    return study.guarded(_run, args)
 
 
 def error_stats(predicted: np.ndarray, actual: np.ndarray) -> dict[str, float]:
