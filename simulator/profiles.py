@@ -53,6 +53,22 @@ def find_profile_file(gpu: str, model: str, filename: str) -> Path | None:
     return None
 
 
+def _rows_for_tp(path: Path, tensor_parallel: int, what: str) -> list[dict[str, str]]:
+    """The rows of a profile CSV measured at one tensor-parallel degree (at least one)."""
+    try:
+        with path.open(newline="") as f:
+            rows = [
+                r
+                for r in csv.DictReader(f)
+                if int(r["num_tensor_parallel_workers"]) == tensor_parallel
+            ]
+    except (OSError, KeyError, ValueError) as e:
+        raise ConfigError(f"cannot read {what} profile {path}: {e}") from e
+    if not rows:
+        raise ConfigError(f"{path} has no rows for tensor parallel {tensor_parallel}")
+    return rows
+
+
 @dataclass(frozen=True)
 class MlpTable:
     """Per-layer non-attention time (seconds) sampled at measured token counts."""
@@ -65,17 +81,7 @@ class MlpTable:
 
 def read_mlp_table(path: Path, tensor_parallel: int, stat: str = "median") -> MlpTable:
     """Read one TP degree of an mlp.csv and sum the per-layer operators (ms → s)."""
-    try:
-        with path.open(newline="") as f:
-            rows = [
-                r
-                for r in csv.DictReader(f)
-                if int(r["num_tensor_parallel_workers"]) == tensor_parallel
-            ]
-    except (OSError, KeyError, ValueError) as e:
-        raise ConfigError(f"cannot read MLP profile {path}: {e}") from e
-    if not rows:
-        raise ConfigError(f"{path} has no rows for tensor parallel {tensor_parallel}")
+    rows = _rows_for_tp(path, tensor_parallel, "MLP")
     raw_tokens = np.array([int(r["num_tokens"]) for r in rows], dtype=np.int64)
     # Some tables repeat a token count (several profiling passes): average the repeats.
     tokens, inverse = np.unique(raw_tokens, return_inverse=True)
@@ -129,17 +135,7 @@ STATS: tuple[str, ...] = ("min", "max", "mean", "median", "std")
 
 
 def read_attention_table(path: Path, tensor_parallel: int, stat: str = "median") -> AttentionTable:
-    try:
-        with path.open(newline="") as f:
-            rows = [
-                r
-                for r in csv.DictReader(f)
-                if int(r["num_tensor_parallel_workers"]) == tensor_parallel
-            ]
-    except (OSError, KeyError, ValueError) as e:
-        raise ConfigError(f"cannot read attention profile {path}: {e}") from e
-    if not rows:
-        raise ConfigError(f"{path} has no rows for tensor parallel {tensor_parallel}")
+    rows = _rows_for_tp(path, tensor_parallel, "attention")
 
     def ms(r: dict[str, str], op: str) -> float:
         value = r.get(f"time_stats.{op}.{stat}", "")
