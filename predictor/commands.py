@@ -8,7 +8,15 @@ the environment.
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from block.predictor.settings import EngineSettings, PredictorSettings
+
+_Settings = TypeVar("_Settings", "EngineSettings", "PredictorSettings")
 
 # Flag name -> settings field, for flags whose names differ from the fields.
 _RENAMES = {"chunk_size": "max_num_batched_tokens"}
@@ -109,37 +117,20 @@ def _settings_error(e: Exception) -> int:
     return 2
 
 
-def _engine(args: argparse.Namespace) -> int:
+def _serve(
+    args: argparse.Namespace,
+    settings_type: type[_Settings],
+    create_app: Callable[[_Settings], web.Application],
+) -> int:
+    """Settings from flags and environment, then serve the app; bad settings exit 2."""
     from pydantic import ValidationError
 
     from block import logs
     from block.errors import ConfigError
-    from block.predictor.engine import create_engine_app
     from block.predictor.serving import run
-    from block.predictor.settings import EngineSettings
 
     try:
-        settings = EngineSettings(**_overrides(args))
-    except ValidationError as e:
-        return _settings_error(e)
-    logs.setup(settings.log_level)
-    try:
-        return run(create_engine_app(settings), settings.host, settings.port)
-    except ConfigError as e:
-        return _settings_error(e)
-
-
-def _predictor(args: argparse.Namespace) -> int:
-    from pydantic import ValidationError
-
-    from block import logs
-    from block.errors import ConfigError
-    from block.predictor.service import create_app
-    from block.predictor.serving import run
-    from block.predictor.settings import PredictorSettings
-
-    try:
-        settings = PredictorSettings(**_overrides(args))
+        settings = settings_type(**_overrides(args))
     except ValidationError as e:
         return _settings_error(e)
     logs.setup(settings.log_level)
@@ -147,3 +138,17 @@ def _predictor(args: argparse.Namespace) -> int:
         return run(create_app(settings), settings.host, settings.port)
     except ConfigError as e:
         return _settings_error(e)
+
+
+def _engine(args: argparse.Namespace) -> int:
+    from block.predictor.engine import create_engine_app
+    from block.predictor.settings import EngineSettings
+
+    return _serve(args, EngineSettings, create_engine_app)
+
+
+def _predictor(args: argparse.Namespace) -> int:
+    from block.predictor.service import create_app
+    from block.predictor.settings import PredictorSettings
+
+    return _serve(args, PredictorSettings, create_app)
