@@ -30,7 +30,7 @@ from typing import Literal
 
 from block.errors import ConfigError, InvalidRequest
 from block.simulator.hardware import GpuSpec
-from block.simulator.latency import LatencyModel, RooflineAttention
+from block.simulator.latency import LatencyModel
 from block.simulator.models import ModelShape
 from block.simulator.prefix_cache import PrefixCache
 from block.simulator.requests import Recorder, Request
@@ -831,95 +831,3 @@ class Replica:
             self.residues[key % self._bs] += 1
             heapq.heappush(self.finish_heap, (member.finish_g, next(self._seq), member))
         return emitted
-
-
-def predict_quiet(
-    replica: Replica, prompt: int, output: int, now: float
-) -> tuple[float, ...] | None:
-    """Closed-form "one more request" for a replica with nothing waiting and nothing
-    prefilling, the common case at moderate load: returns (queue, ttft, e2e) seconds from `now`,
-    or None when the general simulation is needed (queues, possible preemption, admission
-    limits). Equal to forking and simulating, without building any state."""
-    r = replica
-    cfg = r.config
-    if r.waiting or r.prefills or prompt <= 0 or output <= 0:
-        return None
-    inflight = r.inflight
-    if inflight is None:
-        t, g = max(now, r.now), r.g
-    elif isinstance(inflight, _Run):
-        if inflight.end_s <= now:
-            return None
-        lo = min(inflight.steps_done(now - inflight.start_s), inflight.steps - 1)
-        t, g = inflight.start_s + inflight.elapsed(lo + 1), inflight.g0 + lo + 1
-    elif not inflight.chunks and inflight.end_s > now:
-        t, g = inflight.end_s, r.g + 1
-    else:
-        return None
-    bs = r._bs
-    heap = r.finish_heap
-    if len(heap) == r.n_dec:  # no stale entries (preempted members) to skip
-        members = sorted([(fg, e[2].key) for e in heap if (fg := e[0]) > g])
-    else:
-        running = r.running
-        members = sorted(
-            [(fg, m.key) for fg, _, m in heap if fg > g and running.get(m.req.rid) is m]
-        )
-    n = len(members)
-    if n + 1 > cfg.max_num_seqs:
-        return None
-    # Blocks: a generous bound on what everyone could need until the candidate finishes;
-    # when it does not fit, preemption is possible and only the full simulation is exact.
-    growth = (n + 1) * ((prompt + output) // bs + 2)
-    free = r.num_blocks - r.used_blocks - r._watermark_blocks
-    if -(-(prompt + output) // bs) + growth > free:
-        return None
-    lat = r.latency
-    budget = cfg.max_num_batched_tokens
-    keys = sum(k for _, k in members)
-    i = 0  # members[:i] have finished
-    start = t
-    computed = 0
-    while computed < prompt:  # the candidate's prefill, chunk by chunk, beside the decodes
-        chunk = min(prompt - computed, budget - n)
-        if chunk <= 0:
-            return None
-        t += lat.step_time_s(n + chunk, n, keys + n * g, ((chunk, computed),))
-        computed += chunk
-        g += 1
-        while i < len(members) and members[i][0] <= g:
-            keys -= members[i][1]
-            n -= 1
-            i += 1
-    ttft = t
-    if output > 1:
-        cand_key, cand_finish = prompt - g, output - 1 + g
-        n += 1
-        keys += cand_key
-        # decode_step_s inlined (the hot loop of the block policy): fixed part + attention.
-        if lat.compat != "none":
-            return None
-        lat.decode_step_s(len(members) + 1, 0)  # fills the per-batch fixed parts
-        fixed, attn_decode, layers = lat._decode_base, lat.attention.decode_s, lat.num_layers
-        # With attention linear in the cached KV, the mean step of a segment is its middle one
-        # (what the general path's first/last average gives); tables need both ends.
-        linear = isinstance(lat.attention, RooflineAttention)
-        count = len(members)
-        while g < cand_finish:
-            nxt = members[i][0] if i < count else cand_finish
-            steps = (nxt if nxt < cand_finish else cand_finish) - g
-            if steps == 1:
-                t += fixed[n] + layers * attn_decode(n, keys + n * g)
-            elif linear:
-                mid = keys + n * g + n * (steps - 1) / 2
-                t += steps * (fixed[n] + layers * attn_decode(n, mid))  # type: ignore[arg-type]
-            else:
-                first = fixed[n] + layers * attn_decode(n, keys + n * g)
-                last = fixed[n] + layers * attn_decode(n, keys + n * (g + steps - 1))
-                t += steps * (first + last) / 2
-            g += steps
-            while i < count and members[i][0] <= g:
-                keys -= members[i][1]
-                n -= 1
-                i += 1
-    return start - now, ttft - now, t - now

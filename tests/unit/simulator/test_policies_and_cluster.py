@@ -111,7 +111,7 @@ def test_closed_form_prediction_equals_simulation(
 ) -> None:
     """The quiet-replica shortcut must give what forking and simulating gives."""
     from block.simulator import prediction
-    from block.simulator.replica import predict_quiet
+    from block.simulator.prediction import predict_quiet
 
     rng = random.Random(3)
     compared = 0
