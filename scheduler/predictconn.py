@@ -1,4 +1,4 @@
-"""A lean HTTP/1.1 client for `POST /v1/predict`: the fan-out's hot path.
+"""A lean HTTP/1.1 client for `POST /v1/predict` (the fan-out's hot path) and whole answers.
 
 A decision asks up to every replica's predictor, so each call's client-side cost multiplies:
 a general-purpose client (aiohttp) spends ~100 µs of CPU per call on request objects, tasks and
@@ -9,6 +9,10 @@ connections per predictor, writes one pre-built request per call and resolves a 
 It speaks only what a predictor sends back: a status line, headers, and a body framed by
 `Content-Length` or `Transfer-Encoding: chunked` (or, failing both, by connection close). Any
 other surprise closes the connection and fails that call; the caller treats it as "no answer".
+
+The proxy uses the same pools (`PredictorPool.send`) for requests whose answer it reads whole
+before relaying (non-streamed completions): about half the CPU of aiohttp's client per
+request, which is most of the gateway's own overhead. Streams stay on aiohttp.
 """
 
 from __future__ import annotations
@@ -19,16 +23,26 @@ from collections import deque
 from urllib.parse import urlsplit
 
 MAX_RESPONSE_BYTES = 1 << 20  # a predict answer is a few hundred bytes
+# Response headers `send` hands back; the proxy relays these and no others.
+KEPT_HEADERS = frozenset({"content-type", "content-encoding"})
 
 
 class PredictorHttpError(Exception):
     """The call failed: connection, framing, or a response too large."""
 
 
+class ConnectFailed(PredictorHttpError, OSError):
+    """No connection could be made: nothing was sent."""
+
+
 class _Conn(asyncio.Protocol):
     """One connection; one request at a time (no pipelining)."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_bytes: int = MAX_RESPONSE_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self.headers: dict[str, str] = {}  # of the last answer, KEPT_HEADERS only
+        self.reused = False  # taken from the idle pool (the peer may have closed it since)
+        self.received = False  # any byte of the current answer
         self.transport: asyncio.Transport | None = None
         self.future: asyncio.Future[tuple[int, bytes]] | None = None
         self.closed = False
@@ -43,6 +57,7 @@ class _Conn(asyncio.Protocol):
         self._until_close = False
         self._keep_alive = True
         self._body = bytearray()
+        self.headers = {}
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # a stream transport
@@ -60,6 +75,7 @@ class _Conn(asyncio.Protocol):
     def request(self, data: bytes) -> asyncio.Future[tuple[int, bytes]]:
         assert self.transport is not None and self.future is None
         self.future = asyncio.get_running_loop().create_future()
+        self.received = False
         self._reset()
         self.transport.write(data)
         return self.future
@@ -68,6 +84,7 @@ class _Conn(asyncio.Protocol):
         if self.future is None or self.future.done():
             self.close()  # nothing asked: a confused peer
             return
+        self.received = True
         self._buf += data
         try:
             self._parse()
@@ -98,7 +115,9 @@ class _Conn(asyncio.Protocol):
                     self._length = int(value)
                 elif name == "transfer-encoding":
                     self._chunked = "chunked" in value.lower()
-                elif name == "connection":
+                elif name in KEPT_HEADERS:
+                    self.headers[name] = value
+                if name == "connection":
                     self._keep_alive = value.lower() == "keep-alive" or (
                         self._keep_alive and value.lower() != "close"
                     )
@@ -111,11 +130,11 @@ class _Conn(asyncio.Protocol):
         elif self._until_close:
             self._body += self._buf
             self._buf.clear()
-            if len(self._body) > MAX_RESPONSE_BYTES:
+            if len(self._body) > self.max_bytes:
                 raise PredictorHttpError("response too large")
         else:
             assert self._length is not None
-            if self._length > MAX_RESPONSE_BYTES:
+            if self._length > self.max_bytes:
                 raise PredictorHttpError("response too large")
             if len(self._buf) >= self._length:
                 body = bytes(self._buf[: self._length])
@@ -140,7 +159,7 @@ class _Conn(asyncio.Protocol):
                 return
             self._body += self._buf[end + 2 : end + 2 + size]
             del self._buf[: end + 2 + size + 2]
-            if len(self._body) > MAX_RESPONSE_BYTES:
+            if len(self._body) > self.max_bytes:
                 raise PredictorHttpError("response too large")
 
     def _finish(self, body: bytes) -> None:
@@ -160,19 +179,24 @@ class _Conn(asyncio.Protocol):
 class PredictorPool:
     """Keep-alive connections to one predictor; `post` sends a body to /v1/predict."""
 
-    def __init__(self, url: str, connect_timeout_s: float, max_idle: int = 64) -> None:
+    def __init__(
+        self,
+        url: str,
+        connect_timeout_s: float,
+        max_idle: int = 64,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
+    ) -> None:
         parts = urlsplit(url)
         if parts.hostname is None:
             raise ValueError(f"predictor URL {url!r} has no host")
         self._host = parts.hostname
         self._port = parts.port or (443 if parts.scheme == "https" else 80)
         self._ssl = ssl.create_default_context() if parts.scheme == "https" else None
-        prefix = parts.path.rstrip("/")
-        host_header = parts.netloc
-        self._head = (
-            f"POST {prefix}/v1/predict HTTP/1.1\r\nHost: {host_header}\r\n"
-            "Content-Type: application/json\r\nContent-Length: "
-        ).encode()
+        self._prefix = parts.path.rstrip("/")
+        self._host_header = parts.netloc
+        self._heads: dict[str, bytes] = {}
+        self._head = self._post_head("/v1/predict")
+        self._max_bytes = max_response_bytes
         self._connect_timeout_s = connect_timeout_s
         self._idle: deque[_Conn] = deque()
         self._max_idle = max_idle
@@ -190,19 +214,66 @@ class PredictorPool:
         self._release(conn)
         return result
 
+    def _post_head(self, path: str) -> bytes:
+        head = self._heads.get(path)
+        if head is None:  # a handful of paths: the API's endpoints
+            head = self._heads[path] = (
+                f"POST {self._prefix}{path} HTTP/1.1\r\nHost: {self._host_header}\r\n"
+                "Content-Type: application/json\r\nContent-Length: "
+            ).encode()
+        return head
+
+    async def send(
+        self, path: str, headers: bytes, body: bytes, read_timeout_s: float
+    ) -> tuple[int, dict[str, str], bytes]:
+        """POST `body` (JSON) to `path` with extra `headers` (`Name: value\\r\\n` lines) and
+        read the whole answer: (status, KEPT_HEADERS found, body). `ConnectFailed` when no
+        connection could be made, `PredictorHttpError` or `OSError` when the answer failed or
+        took longer than `read_timeout_s`."""
+        data = b"%s%d\r\n%s\r\n%s" % (self._post_head(path), len(body), headers, body)
+        loop = asyncio.get_running_loop()
+        while True:
+            conn = await self._acquire()
+            future = conn.request(data)
+            timer = loop.call_later(read_timeout_s, _expire, future)
+            try:
+                status, answer = await future
+                break
+            except PredictorHttpError:
+                # A kept-alive connection the peer closed while it sat idle fails before any
+                # byte of the answer: the peer dropped it without reading the request, so
+                # send it again on a fresh connection.
+                stale = conn.reused and conn.closed and not conn.received
+                conn.close()
+                if not stale:
+                    raise
+            except BaseException:
+                conn.close()
+                raise
+            finally:
+                timer.cancel()
+        kept = conn.headers
+        self._release(conn)
+        return status, kept, answer
+
     async def _acquire(self) -> _Conn:
         while self._idle:
             conn = self._idle.pop()
             if not conn.closed:
+                conn.reused = True
                 return conn
         loop = asyncio.get_running_loop()
         try:
             transport, conn = await asyncio.wait_for(
-                loop.create_connection(_Conn, self._host, self._port, ssl=self._ssl),
+                loop.create_connection(
+                    lambda: _Conn(self._max_bytes), self._host, self._port, ssl=self._ssl
+                ),
                 self._connect_timeout_s,
             )
         except TimeoutError as e:
-            raise PredictorHttpError("connect timed out") from e
+            raise ConnectFailed("connect timed out") from e
+        except OSError as e:
+            raise ConnectFailed(f"cannot connect ({e})") from e
         # uvloop may hand the connection over before calling connection_made.
         conn.transport = transport
         return conn
@@ -217,3 +288,8 @@ class PredictorPool:
         self._closed = True
         while self._idle:
             self._idle.pop().close()
+
+
+def _expire(future: asyncio.Future[tuple[int, bytes]]) -> None:
+    if not future.done():
+        future.set_exception(PredictorHttpError("no answer within the read timeout"))

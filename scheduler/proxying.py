@@ -26,6 +26,7 @@ from block.errors import Overloaded, Unavailable, UpstreamError
 from block.scheduler.autoscaling_api import DATA_EVENTS
 from block.scheduler.metrics import SchedulerMetrics
 from block.scheduler.parsing import Inbound
+from block.scheduler.predictconn import ConnectFailed, PredictorHttpError, PredictorPool
 from block.scheduler.replicas import Replica
 from block.scheduler.routing import Decision, Router
 from block.scheduler.settings import SchedulerSettings
@@ -37,6 +38,10 @@ REPLICA_HEADER = "x-block-replica"
 DONE = b"data: [DONE]"
 ERROR_EVENT = b'data: {"error"'  # unambiguous: generated text inside JSON has its quotes escaped
 _UPSTREAM_ERRORS = (aiohttp.ClientError, TimeoutError)
+# A whole (non-streamed) answer larger than this fails: logprobs of many long choices stay
+# far below it.
+MAX_ANSWER_BYTES = 256 << 20
+_LEAN_ERRORS = (PredictorHttpError, OSError)
 
 
 class _Retry(Exception):
@@ -71,6 +76,16 @@ class Proxy:
             sock_connect=settings.connect_timeout_s,
             sock_read=settings.read_timeout_s,
         )
+        # Keep-alive pools of the lean client, by replica URL: non-streamed requests.
+        self._pools: dict[str, PredictorPool] = {}
+
+    def prune(self, keep: set[str]) -> None:
+        """Close the connections to replicas no longer among `keep` (replica URLs)."""
+        for url in [u for u in self._pools if u not in keep]:
+            self._pools.pop(url).close()
+
+    def close(self) -> None:
+        self.prune(set())
 
     async def forward(
         self,
@@ -131,6 +146,8 @@ class Proxy:
         started: float,
     ) -> web.StreamResponse:
         replica = decision.replica
+        if not inbound.stream:
+            return await self._whole(request.path, raw, route, replica, request_id)
         headers = {
             "Content-Type": "application/json",
             "X-Request-Id": request_id,
@@ -166,6 +183,45 @@ class Proxy:
             return await self._stream(request, resp, replica, out_headers, request_id, started)
         finally:
             resp.close()
+
+    async def _whole(
+        self, path: str, raw: bytes, route: RouteRequest, replica: Replica, request_id: str
+    ) -> web.Response:
+        """A non-streamed request, over the lean client: the answer is read whole, so any
+        failure is still retried elsewhere."""
+        pool = self._pools.get(replica.url)
+        if pool is None:
+            pool = self._pools[replica.url] = PredictorPool(
+                replica.url, self._settings.connect_timeout_s, max_response_bytes=MAX_ANSWER_BYTES
+            )
+        rid = request_id.encode("utf-8", "replace").replace(b"\r", b"").replace(b"\n", b"")
+        extra = b"X-Request-Id: %s\r\n%s: %d\r\n" % (
+            rid,
+            OUTPUT_TOKENS_HEADER.encode(),
+            route.output_tokens,
+        )
+        try:
+            status, kept, body = await pool.send(path, extra, raw, self._settings.read_timeout_s)
+        except ConnectFailed as e:
+            self._fail(replica, "connect")
+            raise _Retry(f"cannot reach it ({_short(e)})") from e
+        except _LEAN_ERRORS as e:
+            self._fail(replica, "read")
+            raise _Retry(f"answer cut short ({_short(e)})") from e
+        if status >= 500 or status == 429:
+            if status >= 500:
+                self._fail(replica, "status")
+            detail = body[:300].decode("utf-8", "replace").strip().replace("\n", " ")
+            raise _Retry(f"HTTP {status}: {detail or '(no body)'}", overloaded=status == 429)
+        out_headers = {
+            "Content-Type": kept.get("content-type", "application/json"),
+            REPLICA_HEADER: replica.name,
+        }
+        encoding = kept.get("content-encoding")
+        if encoding:
+            out_headers["Content-Encoding"] = encoding
+        replica.note_success()
+        return web.Response(status=status, body=body, headers=out_headers)
 
     async def _stream(
         self,

@@ -92,6 +92,9 @@ class Router:
         self._predictor = predictor
         self._metrics = metrics
         self._rng = rng
+        # Load-free views by candidate indices: policies that read no figures (round-robin,
+        # random) get the same views every time, so they are built once.
+        self._blank_views: dict[tuple[int, ...], tuple[ReplicaView, ...]] = {}
         # Which replica holds the prompt's prefix is only known by asking, per request.
         self.reads_prefix = self.policy.name == PrefixAffinity.name
         self.fans_out = (
@@ -128,10 +131,11 @@ class Router:
                 [live[i] for i in cand], route.prompt_tokens, route.output_tokens, block_hashes
             )
         answered = sum(a is not None for a in answers)
+        views: Sequence[ReplicaView]
         if policy.needs_load or policy.needs_prediction:
             views = [self._view(live[i], i, a) for i, a in zip(cand, answers, strict=True)]
         else:  # round-robin, random: figures would go unread
-            views = [ReplicaView(i, 0, 0, 0, 1) for i in cand]
+            views = self._blank(cand)
         fallback: str | None = None
         if self.fans_out and answered == 0:
             fallback = "no_answer"
@@ -150,6 +154,15 @@ class Router:
             time.perf_counter() - t0
         )
         return Decision(chosen, ticket, policy.name, fallback, prediction, len(cand), answered)
+
+    def _blank(self, cand: Sequence[int]) -> tuple[ReplicaView, ...]:
+        key = tuple(cand)
+        views = self._blank_views.get(key)
+        if views is None:
+            if len(self._blank_views) >= 64:  # replica sets change; keep the cache small
+                self._blank_views.clear()
+            views = self._blank_views[key] = tuple(ReplicaView(i, 0, 0, 0, 1) for i in cand)
+        return views
 
     def _view(self, r: Replica, index: int, answer: Answer | None) -> ReplicaView:
         vis = self._settings.visibility_s

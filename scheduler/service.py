@@ -18,8 +18,8 @@ import asyncio
 import dataclasses
 import json
 import logging
+import os
 import random
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -115,7 +115,7 @@ def _endpoint_label(path: str) -> str:
 @web.middleware
 async def problems(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Map every failure to problem+json by exception class, and count answers."""
-    request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+    request_id = request.headers.get("X-Request-Id") or os.urandom(16).hex()
     request[REQUEST_ID] = request_id
     request[STARTED] = asyncio.get_running_loop().time()
     response: web.StreamResponse
@@ -321,7 +321,9 @@ def create_app(
 
             def on_change(endpoints: list[Endpoint]) -> None:
                 replicas.update(endpoints)
-                predictor.prune({r.url for r in replicas.all()})
+                urls = {r.url for r in replicas.all()}
+                predictor.prune(urls)
+                gw.proxy.prune(urls)
 
             await disc.start(on_change)
             if settings.health_interval_s > 0:
@@ -341,6 +343,7 @@ def create_app(
                 await asyncio.gather(prober, return_exceptions=True)
             await disc.stop()
             await predictor.close()
+            gw.proxy.close()
             await session.close()
             pool.shutdown(wait=False, cancel_futures=True)
 

@@ -194,3 +194,37 @@ def test_on_uvloop() -> None:
         server.close()
 
     uvloop.run(scenario())
+
+
+async def test_send_keeps_content_headers_and_resends_on_a_stale_connection(raw_server) -> None:
+    answer = b'{"ok":1}'
+    calls: list[bytes] = []
+
+    def reply(req: bytes) -> bytes | None:
+        calls.append(req)
+        if len(calls) == 2:
+            return None  # drops the kept-alive connection without answering
+        return (
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            b"Content-Encoding: identity\r\nX-Other: 1\r\nContent-Length: %d\r\n\r\n%s"
+            % (len(answer), answer)
+        )
+
+    url, connections = await raw_server(reply)
+    pool = PredictorPool(url, 1.0)
+    status, kept, body = await pool.send("/v1/completions", b"X-Request-Id: r1\r\n", b"{}", 1.0)
+    assert (status, body) == (200, answer)
+    assert kept == {"content-type": "application/json", "content-encoding": "identity"}
+    # The second call's connection is dropped unanswered: it goes out again on a fresh one.
+    assert (await pool.send("/v1/completions", b"", b"{}", 1.0))[0] == 200
+    assert (len(calls), len(connections)) == (3, 2)
+    pool.close()
+
+
+async def test_send_read_timeout(raw_server) -> None:
+    url, _ = await raw_server(lambda req: b"")  # answers nothing, keeps the connection
+    pool = PredictorPool(url, 1.0)
+    with pytest.raises(PredictorHttpError, match="read timeout"):
+        await pool.send("/v1/completions", b"", b"{}", 0.1)
+    assert not pool._idle
+    pool.close()
