@@ -154,15 +154,9 @@ class CompletionResponse(OpenAIModel):
     usage: Usage | None = None
 
 
-class CompletionChunk(OpenAIModel):
-    """One SSE event of a streamed completion (same `object` as the full response)."""
-
-    id: str
-    object: Literal["text_completion"] = "text_completion"
-    created: int
-    model: str
-    choices: list[CompletionChoice]
-    usage: Usage | None = None
+class CompletionChunk(CompletionResponse):
+    """One SSE event of a streamed completion: the OpenAI API sends the same shape (and the same
+    `object`) as the full response, each choice holding the text of this event only."""
 
 
 class AssistantMessage(OpenAIModel):
