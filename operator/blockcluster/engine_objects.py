@@ -147,40 +147,8 @@ def deployment(
         pod_spec["nodeSelector"] = dict(spec.engine.node_selector)
     if spec.engine.tolerations:
         pod_spec["tolerations"] = [dict(t) for t in spec.engine.tolerations]
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": meta.metadata(cluster, COMPONENT, COMPONENT),
-        "spec": {
-            "replicas": spec.replicas,
-            "selector": {"matchLabels": selector},
-            "revisionHistoryLimit": 3,
-            # Never fewer serving replicas than asked for during a rollout.
-            "strategy": {
-                "type": "RollingUpdate",
-                "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
-            },
-            "template": {
-                "metadata": {
-                    "labels": meta.labels(cluster, COMPONENT),
-                    "annotations": {meta.CONFIG_HASH_ANNOTATION: config_hash},
-                },
-                "spec": pod_spec,
-            },
-        },
-    }
+    return meta.deployment(cluster, COMPONENT, spec.replicas, config_hash, pod_spec)
 
 
 def service(cluster: meta.ClusterRef) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": meta.metadata(cluster, COMPONENT, COMPONENT),
-        "spec": {
-            "type": "ClusterIP",
-            "selector": meta.selector_labels(cluster, COMPONENT),
-            "ports": [
-                {"name": "http", "port": meta.SERVICE_PORT, "targetPort": "http", "protocol": "TCP"}
-            ],
-        },
-    }
+    return meta.http_service(cluster, COMPONENT)

@@ -131,3 +131,51 @@ def http_probe(path: str, port: str, period_s: int, failure_threshold: int) -> d
 
 # The non-root user of Block's image (Dockerfile: useradd --uid 10001 block).
 BLOCK_UID = 10001
+
+
+def deployment(
+    cluster: ClusterRef,
+    component: str,
+    replicas: int,
+    config_hash: str,
+    pod_spec: dict[str, Any],
+) -> dict[str, Any]:
+    """A component's Deployment: rolled when its config changes, never fewer serving replicas
+    than asked for during a rollout."""
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata(cluster, component, component),
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": selector_labels(cluster, component)},
+            "revisionHistoryLimit": 3,
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+            },
+            "template": {
+                "metadata": {
+                    "labels": labels(cluster, component),
+                    "annotations": {CONFIG_HASH_ANNOTATION: config_hash},
+                },
+                "spec": pod_spec,
+            },
+        },
+    }
+
+
+def http_service(cluster: ClusterRef, component: str) -> dict[str, Any]:
+    """A ClusterIP Service in front of a component's `http` port."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(cluster, component, component),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector_labels(cluster, component),
+            "ports": [
+                {"name": "http", "port": SERVICE_PORT, "targetPort": "http", "protocol": "TCP"}
+            ],
+        },
+    }

@@ -69,7 +69,6 @@ def deployment(
     settings: meta.RenderSettings,
     config_hash: str,
 ) -> dict[str, Any]:
-    selector = meta.selector_labels(cluster, COMPONENT)
     container = {
         "name": "scheduler",
         "image": spec.scheduler.image or settings.block_image,
@@ -84,51 +83,18 @@ def deployment(
         "securityContext": meta.restricted_security_context(meta.BLOCK_UID),
         "volumeMounts": [config_objects.volume_mount(), {"name": "tmp", "mountPath": "/tmp"}],
     }
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": meta.metadata(cluster, COMPONENT, COMPONENT),
-        "spec": {
-            "replicas": spec.scheduler.replicas,
-            "selector": {"matchLabels": selector},
-            "revisionHistoryLimit": 3,
-            "strategy": {
-                "type": "RollingUpdate",
-                "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
-            },
-            "template": {
-                "metadata": {
-                    "labels": meta.labels(cluster, COMPONENT),
-                    "annotations": {meta.CONFIG_HASH_ANNOTATION: config_hash},
-                },
-                "spec": {
-                    "serviceAccountName": meta.child_name(cluster, COMPONENT),
-                    "enableServiceLinks": False,
-                    "terminationGracePeriodSeconds": TERMINATION_GRACE_S,
-                    "containers": [container],
-                    "volumes": [
-                        config_objects.pod_volume(cluster),
-                        {"name": "tmp", "emptyDir": {}},
-                    ],
-                },
-            },
-        },
+    pod_spec = {
+        "serviceAccountName": meta.child_name(cluster, COMPONENT),
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": TERMINATION_GRACE_S,
+        "containers": [container],
+        "volumes": [config_objects.pod_volume(cluster), {"name": "tmp", "emptyDir": {}}],
     }
+    return meta.deployment(cluster, COMPONENT, spec.scheduler.replicas, config_hash, pod_spec)
 
 
 def service(cluster: meta.ClusterRef) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": meta.metadata(cluster, COMPONENT, COMPONENT),
-        "spec": {
-            "type": "ClusterIP",
-            "selector": meta.selector_labels(cluster, COMPONENT),
-            "ports": [
-                {"name": "http", "port": meta.SERVICE_PORT, "targetPort": "http", "protocol": "TCP"}
-            ],
-        },
-    }
+    return meta.http_service(cluster, COMPONENT)
 
 
 def endpoint(cluster: meta.ClusterRef) -> str:
