@@ -4,7 +4,9 @@
 
     app = create_app(SchedulerSettings(replicas=["http://127.0.0.1:8101"]))
 
-Modules: `service` (the aiohttp app), `routing` (candidates, fan-out, policy, admission),
+Modules: `service` (the app), `serving` (runs it behind `frontdoor`, the listener with a lean
+path for whole completions and aiohttp for the rest), `answers` (answers and problem+json),
+`routing` (candidates, fan-out, policy, admission),
 `predicting` (predictor fan-out), `proxying` (relay and retries), `replicas` (what the gateway
 knows of each replica, in-flight accounting), `discovery` / `endpointslices` (static list or
 Kubernetes), `health` (readiness probes), `parsing` (OpenAI bodies), `lengths` (response-length

@@ -33,6 +33,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from pydantic import ValidationError
 
 from block.errors import BlockError, InvalidRequest, NotFound
+from block.scheduler.answers import Answer
 from block.scheduler.replicas import NEVER, Replica, ReplicaSet
 from block.scheduler.settings import SchedulerSettings
 from block.wire.autoscaling import DrainRequest, DrainStatus, LoadReport, ReplicaLoad
@@ -186,12 +187,15 @@ class Autoscaling:
     def arrived(self) -> None:
         self.window.arrive(self._clock())
 
-    def served(self, endpoint: str, prompt_tokens: int, response: web.StreamResponse) -> None:
-        """Note the size of a request answered with `response` (2xx only)."""
+    def served(
+        self, endpoint: str, prompt_tokens: int, response: Answer | web.StreamResponse
+    ) -> None:
+        """Note the size of a request answered with `response` (2xx only): a whole answer's
+        `usage`, or a stream's count of events."""
         if response.status >= 300:
             return
         prompt, output = prompt_tokens, None
-        if isinstance(response, web.Response) and isinstance(response.body, bytes):
+        if isinstance(response, Answer):
             output = _usage_field(response.body, b'"completion_tokens"')
             prompt = _usage_field(response.body, b'"prompt_tokens"') or prompt
         else:

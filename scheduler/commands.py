@@ -116,10 +116,10 @@ def run(args: argparse.Namespace) -> int:
     import logging
 
     import pydantic
-    from aiohttp import web
 
     from block import logs
     from block.errors import BlockError
+    from block.scheduler import serving
     from block.scheduler.routing import check_policies
     from block.scheduler.service import create_app
     from block.scheduler.settings import SchedulerSettings
@@ -144,14 +144,12 @@ def run(args: argparse.Namespace) -> int:
     except ImportError:
         print("block scheduler: --event-loop uvloop needs the uvloop package", file=sys.stderr)
         return 2
-    web.run_app(
+    serving.run(
         app,
-        loop=loop,
-        host=settings.host,
-        port=settings.port,
-        print=None,
+        settings.host,
+        settings.port,
+        loop,
         access_log=None if args.no_access_log else logging.getLogger("aiohttp.access"),
-        handler_cancellation=True,  # a client gone cancels its upstream request
     )
     return 0
 

@@ -6,6 +6,7 @@ Labels stay few-valued: `policy`, `replica` (a replica's name: pod name or host:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -46,6 +47,7 @@ class SchedulerMetrics:
     inflight: Gauge
     replicas: Gauge
     _children: dict[tuple[int, tuple[str, ...]], Any] = field(default_factory=dict)
+    _inflight_names: set[str] = field(default_factory=set)
 
     def child(self, metric: M, *values: str) -> M:
         """`metric.labels(*values)`, memoised: the request path asks for the same few children
@@ -55,6 +57,18 @@ class SchedulerMetrics:
         if found is None:
             found = self._children[key] = metric.labels(*values)
         return found
+
+    def set_inflight(self, counts: Mapping[str, int]) -> None:
+        """Set the in-flight gauge from the replicas' own counts, at scrape time: moving a
+        gauge up and down on every request costs two locked updates on the request path.
+        Replicas no longer known lose their series."""
+        for name in self._inflight_names - counts.keys():
+            self.inflight.remove(name)
+            self._children.pop((id(self.inflight), (name,)), None)
+        for name, n in counts.items():
+            self.child(self.inflight, name).set(n)
+        self._inflight_names.clear()
+        self._inflight_names.update(counts)
 
     @classmethod
     def create(cls) -> SchedulerMetrics:

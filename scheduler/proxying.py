@@ -23,6 +23,7 @@ import aiohttp
 from aiohttp import web
 
 from block.errors import Overloaded, Unavailable, UpstreamError
+from block.scheduler.answers import Answer
 from block.scheduler.autoscaling_api import DATA_EVENTS
 from block.scheduler.metrics import SchedulerMetrics
 from block.scheduler.parsing import Inbound
@@ -53,7 +54,7 @@ class _Retry(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    response: web.StreamResponse
+    response: Answer | web.StreamResponse  # a stream is already sent; an Answer is not
     replica: Replica
     attempts: int
 
@@ -89,14 +90,16 @@ class Proxy:
 
     async def forward(
         self,
-        request: web.Request,
+        path: str,
         raw: bytes,
         inbound: Inbound,
         route: RouteRequest,
         request_id: str,
         started: float,
+        request: web.Request | None = None,
     ) -> Outcome:
-        """Route and relay, retrying on other replicas; `started` is the arrival loop time."""
+        """Route and relay, retrying on other replicas; `started` is the arrival loop time.
+        A stream needs the aiohttp `request` to answer on; a whole answer is returned unsent."""
         tried: set[str] = set()
         failures: list[str] = []
         overloaded = 0
@@ -109,11 +112,9 @@ class Proxy:
                 raise
             if attempt > 1:
                 self._metrics.retries.inc()
-            gauge = self._metrics.child(self._metrics.inflight, decision.replica.name)
-            gauge.inc()
             try:
                 response = await self._attempt(
-                    request, raw, inbound, route, decision, request_id, started
+                    path, raw, inbound, route, decision, request_id, started, request
                 )
                 return Outcome(response, decision.replica, attempt)
             except _Retry as e:
@@ -129,7 +130,6 @@ class Proxy:
                 )
             finally:
                 decision.ticket.release()
-                gauge.dec()
         summary = "; ".join(failures)
         if failures and overloaded == len(failures):
             raise Overloaded(f"every replica tried is overloaded ({summary})", 1.0)
@@ -137,17 +137,18 @@ class Proxy:
 
     async def _attempt(
         self,
-        request: web.Request,
+        path: str,
         raw: bytes,
         inbound: Inbound,
         route: RouteRequest,
         decision: Decision,
         request_id: str,
         started: float,
-    ) -> web.StreamResponse:
+        request: web.Request | None,
+    ) -> Answer | web.StreamResponse:
         replica = decision.replica
-        if not inbound.stream:
-            return await self._whole(request.path, raw, route, replica, request_id)
+        if not inbound.stream or request is None:
+            return await self._whole(path, raw, route, replica, request_id)
         headers = {
             "Content-Type": "application/json",
             "X-Request-Id": request_id,
@@ -155,7 +156,7 @@ class Proxy:
         }
         try:
             resp = await self._session.post(
-                replica.url + request.path, data=raw, headers=headers, timeout=self._timeout
+                replica.url + path, data=raw, headers=headers, timeout=self._timeout
             )
         except _UPSTREAM_ERRORS as e:
             self._fail(replica, "connect")
@@ -179,14 +180,14 @@ class Proxy:
                     self._fail(replica, "read")
                     raise _Retry(f"answer cut short ({_short(e)})") from e
                 replica.note_success()
-                return web.Response(status=status, body=body, headers=out_headers)
+                return Answer(status, body, out_headers)
             return await self._stream(request, resp, replica, out_headers, request_id, started)
         finally:
             resp.close()
 
     async def _whole(
         self, path: str, raw: bytes, route: RouteRequest, replica: Replica, request_id: str
-    ) -> web.Response:
+    ) -> Answer:
         """A non-streamed request, over the lean client: the answer is read whole, so any
         failure is still retried elsewhere."""
         pool = self._pools.get(replica.url)
@@ -221,7 +222,7 @@ class Proxy:
         if encoding:
             out_headers["Content-Encoding"] = encoding
         replica.note_success()
-        return web.Response(status=status, body=body, headers=out_headers)
+        return Answer(status, body, out_headers)
 
     async def _stream(
         self,

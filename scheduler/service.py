@@ -16,21 +16,21 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import logging
 import os
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from block.errors import BlockError, Overloaded, Unauthorized, Unavailable
+from block.errors import InvalidRequest, Unavailable
 from block.predictor.tokens import Tokens
-from block.scheduler import autoscaling_api, health, parsing
+from block.scheduler import answers, autoscaling_api, frontdoor, health, parsing
 from block.scheduler import discovery as discovery_mod
 from block.scheduler.auth import ApiKeys
 from block.scheduler.lengths import Estimator, LengthSource
@@ -85,21 +85,12 @@ KEYS = web.AppKey("api_keys", ApiKeys)
 GATEWAY = web.AppKey("gateway", Gateway)
 REQUEST_ID = web.RequestKey("request_id", str)
 STARTED = web.RequestKey("started", float)  # loop time the request arrived
+# Paths the front door serves on its lean path (block.scheduler.serving), and their handlers.
+LEAN_ROUTES = web.AppKey("lean_routes", dict[str, frontdoor.LeanHandler])
 
 
 def problem(status: int, title: str, detail: str, request_id: str) -> web.Response:
-    body = {
-        "type": "about:blank",
-        "title": title,
-        "status": status,
-        "detail": detail,
-        "request_id": request_id,
-        # What OpenAI clients read for the exception message.
-        "error": {"message": detail, "type": title.lower().replace(" ", "_"), "code": status},
-    }
-    return web.Response(
-        status=status, text=json.dumps(body), content_type="application/problem+json"
-    )
+    return answers.problem(status, title, detail, request_id).to_response()
 
 
 def _endpoint_label(path: str) -> str:
@@ -124,38 +115,53 @@ async def problems(request: web.Request, handler: Handler) -> web.StreamResponse
         if keys is not None and request.path.startswith("/v1/"):
             keys.check(request.headers.get("Authorization"), request.headers.get("x-api-key"))
         response = await handler(request)
-    except BlockError as e:
-        response = problem(e.status, e.title, e.detail, request_id)
-        if isinstance(e, Overloaded):
-            response.headers["Retry-After"] = str(max(1, round(e.retry_after_s)))
-        elif isinstance(e, Unauthorized):
-            response.headers["WWW-Authenticate"] = 'Bearer realm="block"'
     except web.HTTPException as e:
         if e.status < 400:
             raise
-        detail = e.text if e.text and e.text != f"{e.status}: {e.reason}" else e.reason
-        response = problem(e.status, e.reason, detail, request_id)
-    except asyncio.CancelledError:
-        raise
-    except Exception:
-        logger.exception("request %s failed", request_id)
-        response = problem(500, "Internal error", "see the gateway log", request_id)
+        response = answers.error_answer(e, request_id).to_response()
+    except Exception as e:  # CancelledError is a BaseException: it passes
+        response = answers.error_answer(e, request_id).to_response()
     metrics = request.app[METRICS]
     metrics.child(metrics.requests, _endpoint_label(request.path), str(response.status)).inc()
     return response
 
 
 async def generate(request: web.Request) -> web.StreamResponse:
-    gw = request.app[GATEWAY]
+    """A completion through aiohttp: streams, and whatever the lean path declined."""
     endpoint: parsing.Endpoint = (
-        "chat" if request.path.endswith("chat/completions") else ("completions")
+        "chat" if request.path.endswith("chat/completions") else "completions"
     )
     raw = await request.read()  # 413 beyond client_max_size
-    body = parsing.parse_json(raw)
-    inbound = parsing.parse(
-        endpoint, body, request.headers, gw.settings.chars_per_token, gw.default_slo
+    app = request.app
+    result = await _generate(
+        app[GATEWAY],
+        app[autoscaling_api.AUTOSCALING],
+        endpoint,
+        request.path,
+        request.headers,
+        raw,
+        parsing.parse_json(raw),
+        request[REQUEST_ID],
+        request[STARTED],
+        request,
     )
-    autoscaling = request.app[autoscaling_api.AUTOSCALING]
+    return result.to_response() if isinstance(result, answers.Answer) else result
+
+
+async def _generate(
+    gw: Gateway,
+    autoscaling: autoscaling_api.Autoscaling,
+    endpoint: parsing.Endpoint,
+    path: str,
+    headers: Mapping[str, str],
+    raw: bytes,
+    body: dict[str, Any],
+    request_id: str,
+    started: float,
+    request: web.Request | None,
+) -> answers.Answer | web.StreamResponse:
+    """Route and serve one completion; `request` is None on the lean path (no streams)."""
+    inbound = parsing.parse(endpoint, body, headers, gw.settings.chars_per_token, gw.default_slo)
     autoscaling.arrived()
     # Hashing (tokenizer, in a thread) runs while the length is estimated.
     hashing = asyncio.ensure_future(gw.prompt_hashes(inbound)) if gw.tokens else None
@@ -165,15 +171,51 @@ async def generate(request: web.Request) -> web.StreamResponse:
     route = RouteRequest(
         inbound.prompt_tokens, output_tokens, inbound.slo_ttft_s, inbound.slo_e2e_s
     )
-    outcome = await gw.proxy.forward(
-        request, raw, inbound, route, request[REQUEST_ID], request[STARTED]
-    )
+    outcome = await gw.proxy.forward(path, raw, inbound, route, request_id, started, request)
     if outcome.response.status < 400:
         gw.metrics.child(gw.metrics.e2e_seconds, endpoint).observe(
-            asyncio.get_running_loop().time() - request[STARTED]
+            asyncio.get_running_loop().time() - started
         )
     autoscaling.served(endpoint, inbound.prompt_tokens, outcome.response)
     return outcome.response
+
+
+class LeanCompletions:
+    """One completions endpoint on the front door's lean path: what `problems` and
+    `generate` do, for a request the front door parsed. It answers whole (non-streamed)
+    requests and declines (None) the rest: streams, and bodies that are not a JSON object,
+    which aiohttp's path answers."""
+
+    def __init__(self, app: web.Application, endpoint: parsing.Endpoint) -> None:
+        self._app = app
+        self._endpoint: parsing.Endpoint = endpoint
+        self._keys = app.get(KEYS)  # set by create_app before the routes are made
+        self._metrics = app[METRICS]
+
+    async def __call__(self, req: frontdoor.LeanRequest) -> answers.Answer | None:
+        try:
+            body = parsing.parse_json(req.body)
+            gw = self._app[GATEWAY]
+            autoscaling = self._app[autoscaling_api.AUTOSCALING]
+        except (InvalidRequest, KeyError):
+            return None
+        if body.get("stream") not in (None, False):
+            return None
+        request_id = req.headers.get("x-request-id") or os.urandom(16).hex()
+        started = asyncio.get_running_loop().time()
+        try:
+            if self._keys is not None:
+                self._keys.check(req.headers.get("authorization"), req.headers.get("x-api-key"))
+            result = await _generate(
+                gw, autoscaling, self._endpoint, req.path, req.headers, req.body, body,
+                request_id, started, None,
+            )  # fmt: skip
+            assert isinstance(result, answers.Answer)  # no streams here
+            answer = result
+        except Exception as e:  # CancelledError is a BaseException: it passes
+            answer = answers.error_answer(e, request_id)
+        self._metrics.child(self._metrics.requests, self._endpoint, str(answer.status)).inc()
+        return answer
 
 
 async def models(request: web.Request) -> web.Response:
@@ -241,6 +283,7 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
             states["backoff"] += 1
     for state, n in states.items():
         gw.metrics.child(gw.metrics.replicas, state).set(n)
+    gw.metrics.set_inflight({r.name: len(r.active) for r in gw.replicas.all()})
     return web.Response(
         body=generate_latest(gw.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
     )
@@ -348,6 +391,11 @@ def create_app(
             pool.shutdown(wait=False, cancel_futures=True)
 
     app.cleanup_ctx.append(gateway_ctx)
+    lean: dict[str, frontdoor.LeanHandler] = {
+        "/v1/completions": LeanCompletions(app, "completions"),
+        "/v1/chat/completions": LeanCompletions(app, "chat"),
+    }
+    app[LEAN_ROUTES] = lean
     app.router.add_post("/v1/completions", generate)
     app.router.add_post("/v1/chat/completions", generate)
     app.router.add_get("/v1/models", models)

@@ -11,13 +11,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from aiohttp.test_utils import TestServer
 
 from block.predictor.engine import create_engine_app
 from block.predictor.service import create_app as create_sidecar_app
 from block.predictor.serving import Server, start
 from block.predictor.settings import EngineSettings, PredictorSettings
-from block.scheduler import SchedulerSettings, create_app
+from block.scheduler import SchedulerSettings, create_app, serving
+from block.scheduler.serving import GatewayServer
 
 if TYPE_CHECKING:
     # The session-wide `resources` fixture lives in tests/integration/conftest.py.
@@ -85,15 +85,15 @@ async def cluster(resources: Resources) -> AsyncIterator[Cluster]:
             await r.engine.stop()
 
 
-Gateway = Callable[..., Awaitable[TestServer]]
+Gateway = Callable[..., Awaitable[GatewayServer]]
 
 
 @pytest.fixture
 async def gateway(resources: Resources) -> AsyncIterator[Gateway]:
     """`await gateway(replicas, **settings)`: a gateway in front of them."""
-    servers: list[TestServer] = []
+    servers: list[GatewayServer] = []
 
-    async def make(replicas: list[Replica], **kw: Any) -> TestServer:
+    async def make(replicas: list[Replica], **kw: Any) -> GatewayServer:
         values: dict[str, Any] = {
             "replicas": [r.url for r in replicas],
             "seed": 0,
@@ -106,8 +106,7 @@ async def gateway(resources: Resources) -> AsyncIterator[Gateway]:
         estimator = values.pop("estimator", None)
         # The sidecars' tokenizer, already loaded, for prompt hashes.
         app = create_app(SchedulerSettings(**values), estimator, tokens=resources.tokens)
-        server = TestServer(app, host="127.0.0.1")
-        await server.start_server()
+        server = await serving.start(app)  # the front door and aiohttp, as the command serves
         servers.append(server)
         return server
 

@@ -19,7 +19,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from block.scheduler import SchedulerSettings, create_app
+from block.scheduler import SchedulerSettings, create_app, serving
+from block.scheduler.serving import GatewayServer
 from block.wire.predict import LoadFigures, PredictedLatency, PredictRequest, PredictResponse
 
 MODEL = "meta-llama/Llama-2-7b-hf"
@@ -177,7 +178,7 @@ def _chunk(chat: bool, name: str, text: str) -> dict[str, Any]:
 
 
 StartSidecars = Callable[..., Awaitable[list[FakeSidecar]]]
-StartGateway = Callable[..., Awaitable[TestServer]]
+StartGateway = Callable[..., Awaitable[GatewayServer]]
 
 
 @pytest.fixture
@@ -206,9 +207,9 @@ async def sidecars() -> AsyncIterator[StartSidecars]:
 @pytest.fixture
 async def gateway() -> AsyncIterator[StartGateway]:
     """`await gateway(fakes, **settings)`: a gateway on loopback in front of the fakes."""
-    started: list[TestServer] = []
+    started: list[GatewayServer] = []
 
-    async def start(fakes: list[FakeSidecar], **overrides: Any) -> TestServer:
+    async def start(fakes: list[FakeSidecar], **overrides: Any) -> GatewayServer:
         values: dict[str, Any] = {
             "replicas": [f.url for f in fakes],
             "seed": 1,
@@ -218,8 +219,8 @@ async def gateway() -> AsyncIterator[StartGateway]:
         }
         values.update(overrides)
         estimator = values.pop("estimator", None)
-        server = TestServer(create_app(SchedulerSettings(**values), estimator), host="127.0.0.1")
-        await server.start_server()
+        # The front door and aiohttp behind it, as `block scheduler` serves.
+        server = await serving.start(create_app(SchedulerSettings(**values), estimator))
         started.append(server)
         return server
 

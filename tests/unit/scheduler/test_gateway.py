@@ -440,3 +440,44 @@ def metric(text: str, name: str, **labels: str) -> float:
 
 def metric_names(text: str) -> set[str]:
     return {ln.split()[2] for ln in text.splitlines() if ln.startswith("# TYPE")}
+
+
+async def test_whole_completions_take_the_lean_path_streams_go_to_aiohttp(
+    sidecars: Any, gateway: Any
+) -> None:
+    fakes = await sidecars(1)
+    gw = await gateway(fakes, policy="round-robin")
+    status, headers, body = await raw_post(gw, **{"X-Request-Id": "lean-1"})
+    assert status == 200 and json.loads(body)["choices"][0]["text"].startswith("hello from r0")
+    assert headers["x-block-replica"] == fakes[0].replica_name
+    assert gw.door.answered == 1 and gw.door.handed_over == 0
+    # A stream is declined by the lean path and replayed to aiohttp on the same bytes.
+    streamed = json.dumps({**BODY, "stream": True}).encode()
+    status, headers, body = await raw_post(gw, streamed)
+    assert status == 200 and headers["Content-Type"].startswith("text/event-stream")
+    assert body.rstrip().endswith(b"data: [DONE]")
+    assert gw.door.answered == 1 and gw.door.handed_over == 1
+    # Bad input on the lean path: the same problem+json as aiohttp's path gives.
+    status, headers, body = await raw_post(gw, b'{"model": "m", "prompt": 3}')
+    assert status == 400 and headers["Content-Type"] == "application/problem+json"
+    assert "prompt" in json.loads(body)["detail"]
+    metrics = await scrape(gw)
+    assert (
+        metric(metrics, "block_scheduler_requests_total", endpoint="completions", code="200") == 2
+    )
+    assert (
+        metric(metrics, "block_scheduler_requests_total", endpoint="completions", code="400") == 1
+    )
+
+
+async def test_inflight_gauge_counts_requests_being_proxied(sidecars: Any, gateway: Any) -> None:
+    fakes = await sidecars(1, generate_delay_s=0.5)
+    gw = await gateway(fakes, policy="round-robin")
+    slow = asyncio.ensure_future(raw_post(gw))
+    await asyncio.sleep(0.2)
+    during = await scrape(gw)
+    assert (await slow)[0] == 200
+    after = await scrape(gw)
+    name = fakes[0].replica_name
+    assert metric(during, "block_scheduler_inflight_requests", replica=name) == 1
+    assert metric(after, "block_scheduler_inflight_requests", replica=name) == 0
