@@ -155,7 +155,7 @@ async def _generate(
     path: str,
     headers: Mapping[str, str],
     raw: bytes,
-    body: dict[str, Any],
+    body: dict[str, Any] | parsing.OpenAIRequest,
     request_id: str,
     started: float,
     request: web.Request | None,
@@ -194,12 +194,12 @@ class LeanCompletions:
 
     async def __call__(self, req: frontdoor.LeanRequest) -> answers.Answer | None:
         try:
-            body = parsing.parse_json(req.body)
+            body = parsing.validate(self._endpoint, req.body)
             gw = self._app[GATEWAY]
             autoscaling = self._app[autoscaling_api.AUTOSCALING]
         except (InvalidRequest, KeyError):
-            return None
-        if body.get("stream") not in (None, False):
+            return None  # aiohttp's path says what is wrong, as it always has
+        if body.stream:
             return None
         request_id = req.headers.get("x-request-id") or os.urandom(16).hex()
         started = asyncio.get_running_loop().time()
