@@ -13,8 +13,9 @@ Needs `nginx` and `wrk` (Debian packages). What runs, all on 127.0.0.1:
   `block scheduler` with `round-robin` (no fan-out), `block-k2` (fan-out to 2 predictors),
   `block` (fan-out to all 8), and `block` with the shipped length estimator (the others use the
   length prior);
-* wrk (pinned to core 1) drives each target in turn, round after round, so drift on a shared
-  machine hits all targets alike: `-c1` for latency (p50/p99 of sequential requests; added
+* wrk (pinned to core 1) drives each target in turn, round after round (a `--settle` pause
+  before each latency run), so drift on a shared machine hits all targets alike: `-c1` for
+  latency (p50/p99 of sequential requests; added
   latency = target minus direct), `-c64` for throughput (max req/s).
 
 Decision latency (policy `block`, fan-out to 8 predictors) is measured in-process too: the
@@ -106,6 +107,10 @@ http {{
   client_body_temp_path {tmp}/body; proxy_temp_path {tmp}/proxy;
   fastcgi_temp_path {tmp}/fcgi; uwsgi_temp_path {tmp}/uwsgi; scgi_temp_path {tmp}/scgi;
   keepalive_requests 1000000;
+  # Idle keep-alive connections stay open for the whole run: the fan-out gateways leave
+  # hundreds behind after their throughput runs, and nginx closing them 75 s later (its
+  # default) would hand core 0 teardown work during some other target's latency run.
+  keepalive_timeout 3600s;
   {servers}
 }}
 """
@@ -315,6 +320,8 @@ def run(
         order = list(targets)
         random.Random(r).shuffle(order)
         for t in order:
+            # Let the last run's connections and deferred work settle before timing this one.
+            time.sleep(args.settle)
             runs[t]["latency"].append(wrk(targets[t], lua, 1, args.seconds, 1, []))
             runs[t]["throughput"].append(
                 wrk(targets[t], lua, args.connections, args.seconds, 1, pids[t])
@@ -336,6 +343,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=5.0, help="per wrk run")
     ap.add_argument("--connections", type=int, default=64, help="throughput runs")
     ap.add_argument("--decisions", type=int, default=2000)
+    ap.add_argument("--settle", type=float, default=2.0, help="pause before each latency run, s")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     for tool in ("wrk", "taskset"):
