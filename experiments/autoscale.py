@@ -9,6 +9,10 @@ that clock is 140 s of trace time, the order of a 7B engine's start-up), and a s
 - `threshold`: Block's original trigger (scale-up only, pre-started instances, one at a time
   when the best predicted e2e of a typical request passes a threshold);
 - `reactive`: KEDA/HPA-style, desired = ceil(waiting requests / 5), stabilised scale-down;
+- `step_bound` (step load, run with `fixed`): a bound, not a strategy: a scaler told when the
+  busy phase starts and ends (asks for the top of the range at its start, still waits the lead
+  time) needs some number of replicas in the quiet phases to reach fixed's attainment; its
+  replica-hours at the smallest such number bound what any autoscaler can save on this load;
 - `fixed`: over-provisioning, sized for the peak: the smallest fixed N in [min, max] whose
   whole-run SLO attainment reaches `--fixed-attainment` (default 0.99: the p99 TTFT meets the
   SLO), found by bisection over N (`--fixed-replicas N` sets it instead). A fixed cluster at
@@ -156,6 +160,61 @@ def _size_fixed(
     return res, s
 
 
+class KnownSteps:
+    """A bound for the step load, not a strategy: it is told when each busy phase starts and
+    ends, asks for `high` replicas at the start (they still take the lead time to come up)
+    and goes back to `low` at the end. No causal autoscaler reacts sooner, so the `low` it
+    needs to match fixed's attainment, and the replica-hours that costs, bound what any
+    autoscaler can save on this load."""
+
+    def __init__(self, busy: Sequence[tuple[float, float]], low: int, high: int) -> None:
+        self._busy = tuple(busy)
+        self._low, self._high = low, high
+
+    def control(self, view: Any) -> Any:
+        from block.simulator import elastic
+
+        busy = any(a <= view.now_s < b for a, b in self._busy)
+        return elastic.Action(self._high if busy else self._low, note="told the step times")
+
+
+def busy_phases(args: argparse.Namespace) -> list[tuple[float, float]]:
+    """(start, end) of the step load's phases above its lowest rate."""
+    rates = [float(x) for x in args.step_rates.split(",")]
+    lengths = [float(x) for x in args.step_seconds.split(",")]
+    out, t0 = [], 0.0
+    for rate, length in zip(rates, lengths, strict=True):
+        if rate > min(rates):
+            out.append((t0, t0 + length))
+        t0 += length
+    return out
+
+
+def _step_bound(
+    simulate: Any, reqs: list[Any], fixed: dict[str, Any], args: argparse.Namespace
+) -> tuple[Any, dict[str, Any]]:
+    """KnownSteps at the smallest quiet-phase size reaching fixed's attainment (bisection;
+    the top of the range when none does)."""
+    busy, top = busy_phases(args), args.max_replicas
+    runs: dict[int, tuple[Any, dict[str, Any]]] = {}
+
+    def at(low: int) -> tuple[Any, dict[str, Any]]:
+        if low not in runs:
+            runs[low] = simulate(KnownSteps(busy, low, top), low, reqs)
+        return runs[low]
+
+    lo, hi = max(1, args.min_replicas), top
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if at(mid)[1]["slo_attainment"] >= fixed["slo_attainment"] - 1e-3:
+            hi = mid
+        else:
+            lo = mid + 1
+    res, s = at(lo)
+    sweep = {str(n): runs[n][1]["slo_attainment"] for n in sorted(runs)}
+    return res, {**s, "low_replicas": lo, "sweep": sweep}
+
+
 def verdicts(by: dict[str, dict[str, Any]]) -> dict[str, bool | None]:
     """The issue's targets on one workload (None: a strategy they need was not run).
 
@@ -259,6 +318,8 @@ def run(args: argparse.Namespace) -> int:
                     top = args.max_replicas
                     res, s = simulate(elastic.Fixed(top), top, reqs)
                     runs.append(("fixed_max", res, {**s, "replicas": top}))
+                if w == "step":  # and the bound on what any autoscaler can save here
+                    runs.append(("step_bound", *_step_bound(simulate, reqs, runs[0][2], args)))
             else:
                 runs.append((name, *simulate(_controller(name, args), args.initial_replicas, reqs)))
             for key, res, s in runs:
@@ -337,6 +398,16 @@ def _write(
             f"replica-hours) {_mark(v['vs_reactive'])}; target 1 against fixed_max "
             f"{_mark(v['vs_fixed_max'])}"
         )
+        bound, fixed = by.get("step_bound"), by.get("fixed")
+        if bound and fixed:
+            md.append(
+                f"{w}: bound: told when the busy phase starts and ends (the lead time still "
+                f"applies), a scaler needs {bound['low_replicas']} replicas in the quiet phases "
+                f"to reach fixed's attainment ({bound['slo_attainment']:.4f}): "
+                f"{bound['replica_hours']:.3f} replica-hours, "
+                f"{bound['replica_hours'] / fixed['replica_hours']:.2f}x fixed's "
+                "(the target: at most 0.75x)"
+            )
     (out / "autoscale.md").write_text("\n".join(md) + "\n")
     import matplotlib
 

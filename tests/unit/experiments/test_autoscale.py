@@ -3,6 +3,7 @@ agree with each other, the fixed baseline is sized as documented, and bad input 
 
 from __future__ import annotations
 
+import collections
 import csv
 import json
 from pathlib import Path
@@ -24,9 +25,11 @@ def test_every_strategy_on_both_workloads(tmp_path: Path) -> None:
     assert rc == 0
     results = json.loads(summary.read_text())
     assert set(results) == {"azure", "step"}
-    for by in results.values():
-        # fixed_max (the top of the range) comes with fixed when fixed is sized below it.
+    for w, by in results.items():
+        # fixed_max (the top of the range) comes with fixed when fixed is sized below it;
+        # on the step load, so does the bound of a scaler told the step times.
         extra = {"fixed_max"} if by["fixed"]["replicas"] < 4 else set()
+        extra |= {"step_bound"} if w == "step" else set()
         assert set(by) == set(autoscale.STRATEGIES) | extra
         if extra:
             assert by["fixed_max"]["replica_hours"] > by["fixed"]["replica_hours"]
@@ -43,6 +46,13 @@ def test_every_strategy_on_both_workloads(tmp_path: Path) -> None:
         if fixed["replicas"] < 4:
             assert fixed["slo_attainment"] >= 0.99
         assert all(a < 0.99 for n, a in sweep.items() if n < fixed["replicas"])
+        if w == "step":  # the bound: the smallest quiet-phase size reaching fixed's
+            bound = by["step_bound"]
+            swept = {int(n): a for n, a in bound["sweep"].items()}
+            assert swept[bound["low_replicas"]] == bound["slo_attainment"]
+            target = fixed["slo_attainment"] - 1e-3
+            assert bound["low_replicas"] == 4 or bound["slo_attainment"] >= target
+            assert all(a < target for n, a in swept.items() if n < bound["low_replicas"])
         verdict = autoscale.verdicts(by)
         assert verdict["vs_fixed"] == (
             by["block"]["slo_attainment"] >= fixed["slo_attainment"] - 1e-3
@@ -56,8 +66,10 @@ def test_every_strategy_on_both_workloads(tmp_path: Path) -> None:
     }
     for r in rows:
         s = results[r["workload"]][r["strategy"]]
+        assert r["strategy"] != "step_bound" or r["workload"] == "step"
         assert float(r["replica_hours"]) == pytest.approx(s["replica_hours"], abs=1e-3)
     assert "target 1" in (out / "autoscale.md").read_text()
+    assert "step: bound: told when the busy phase starts" in (out / "autoscale.md").read_text()
     assert (out / "autoscale_azure.png").stat().st_size > 0
     assert (out / "decisions_step.txt").exists()
 
@@ -72,3 +84,20 @@ def test_bad_input_is_a_clear_error(
 ) -> None:
     assert cli.main(["experiment", "autoscale", "--out", str(tmp_path), *bad]) == 2
     assert "error:" in capsys.readouterr().out
+
+
+def test_known_steps_follow_the_busy_phases() -> None:
+    import argparse
+
+    from block.simulator import elastic
+
+    args = argparse.Namespace(step_rates="20,60,20,45,20", step_seconds="100,200,50,10,40")
+    busy = autoscale.busy_phases(args)
+    assert busy == [(100.0, 300.0), (350.0, 360.0)]
+    ctrl = autoscale.KnownSteps(busy, low=5, high=16)
+
+    def at(t: float) -> int:
+        view = elastic.View(t, 5.0, [], collections.deque(), 0, 1.0)
+        return int(ctrl.control(view).target)
+
+    assert [at(t) for t in (0, 99.9, 100, 299.9, 300, 355, 360)] == [5, 5, 16, 16, 5, 16, 5]
