@@ -11,8 +11,8 @@ that clock is 140 s of trace time, the order of a 7B engine's start-up), and a s
 - `reactive`: KEDA/HPA-style, desired = ceil(waiting requests / 5), stabilised scale-down;
 - `step_bound` (step load, run with `fixed`): a bound, not a strategy: a scaler told when the
   busy phase starts and ends (asks for the top of the range at its start, still waits the lead
-  time) needs some number of replicas in the quiet phases to reach fixed's attainment; its
-  replica-hours at the smallest such number bound what any autoscaler can save on this load;
+  time) needs some number of replicas in the quiet phases to reach fixed's attainment: what
+  any autoscaler must already hold when a step comes;
 - `fixed`: over-provisioning, sized for the peak: the smallest fixed N in [min, max] whose
   whole-run SLO attainment reaches `--fixed-attainment` (default 0.99: the p99 TTFT meets the
   SLO), found by bisection over N (`--fixed-replicas N` sets it instead). A fixed cluster at
@@ -161,11 +161,11 @@ def _size_fixed(
 
 
 class KnownSteps:
-    """A bound for the step load, not a strategy: it is told when each busy phase starts and
-    ends, asks for `high` replicas at the start (they still take the lead time to come up)
-    and goes back to `low` at the end. No causal autoscaler reacts sooner, so the `low` it
-    needs to match fixed's attainment, and the replica-hours that costs, bound what any
-    autoscaler can save on this load."""
+    """A yardstick for the step load, not a strategy: it is told when each busy phase starts
+    and ends, asks for `high` replicas at the start (they still take the lead time to come
+    up) and goes back to `low` at the end. No autoscaler reacts to a step sooner, so the
+    `low` it needs to match fixed's attainment is what any autoscaler must already hold when
+    a step comes."""
 
     def __init__(self, busy: Sequence[tuple[float, float]], low: int, high: int) -> None:
         self._busy = tuple(busy)
