@@ -247,7 +247,14 @@ class _Conn(asyncio.Protocol):
             self._hand_over()
             return
         keep_alive = head.keep_alive and not self.door.closing
-        transport.write(self._head_bytes(answer, keep_alive) + answer.body)
+        try:
+            data = self._head_bytes(answer, keep_alive) + answer.body
+        except UnicodeEncodeError as e:  # a header value beyond Latin-1: never sent half
+            logger.error("lean answer to %s %s has a bad header", req.method, req.path, exc_info=e)
+            answer = problem(500, "Internal error", "see the gateway log", "")
+            keep_alive = False
+            data = self._head_bytes(answer, keep_alive) + answer.body
+        transport.write(data)
         self.door.answered += 1
         if self.door.access_log is not None and self.door.access_log.isEnabledFor(logging.INFO):
             self.door.access_log.info(

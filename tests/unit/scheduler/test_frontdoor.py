@@ -59,6 +59,8 @@ async def door() -> AsyncIterator[Door]:
             except asyncio.CancelledError:
                 d.cancelled.set()
                 raise
+        if req.body == b"snowman":
+            return Answer(200, b"{}", {"X-Snow": "\u2603"})  # not Latin-1: cannot go out
         payload = {"by": "lean", "path": req.path, "body": req.body.decode()}
         return Answer(200, json.dumps(payload).encode(), {"Content-Type": "application/json"})
 
@@ -225,3 +227,14 @@ async def test_an_http_client_library_sees_one_server(door: Door) -> None:
             async with s.post(url + path, data=b"lib") as r:
                 assert r.status == 200
                 assert (await r.json())["path"] == path
+
+
+async def test_an_answer_that_cannot_be_encoded_is_a_500_and_a_closed_connection(
+    door: Door,
+) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", door.port)
+    writer.write(post("/lean", b"snowman"))
+    status, headers, body = await read_answer(reader)
+    assert status == 500 and headers["connection"] == "close"
+    assert json.loads(body)["detail"] == "see the gateway log"
+    assert await asyncio.wait_for(reader.read(), 5) == b""
