@@ -89,10 +89,6 @@ STARTED = web.RequestKey("started", float)  # loop time the request arrived
 LEAN_ROUTES = web.AppKey("lean_routes", dict[str, frontdoor.LeanHandler])
 
 
-def problem(status: int, title: str, detail: str, request_id: str) -> web.Response:
-    return answers.problem(status, title, detail, request_id).to_response()
-
-
 def _endpoint_label(path: str) -> str:
     if path.endswith("/chat/completions"):
         return "chat"
