@@ -18,7 +18,9 @@ State per cluster (forecast, drain in progress) lives in the advisor instance, k
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -88,6 +90,29 @@ class _Drain:
 class _ClusterState:
     scaler: autoscaling.ScalerState = field(default_factory=autoscaling.ScalerState)
     drain: _Drain | None = None
+    last: specs.AutoscalingStatus | None = None  # for status.autoscaling
+
+
+def decision_status(
+    decision: autoscaling.Decision, current: int, at: datetime.datetime
+) -> specs.AutoscalingStatus:
+    """What `status.autoscaling` says of a decision (infinite predictions: absent)."""
+    return specs.AutoscalingStatus(
+        last_decision_time=at.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        current_replicas=current,
+        recommended_replicas=decision.recommended,
+        target_replicas=decision.replicas,
+        forecast_rps=round(decision.forecast_rps, 3),
+        decision=decision.reason,
+        predicted=[
+            specs.PredictedAtSize(replicas=n, p99_seconds=round(p, 4) if math.isfinite(p) else None)
+            for n, p in sorted(decision.predicted.items())
+        ],
+    )
+
+
+def _utc_now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
 
 
 def default_gateway_url(cluster: meta.ClusterRef) -> str:
@@ -108,7 +133,12 @@ class PredictiveAdvisor:
     drain_timeout_s: float = 300.0
     timeout_s: float = 10.0
     clock: Clock = time.monotonic
+    wall_clock: Callable[[], datetime.datetime] = _utc_now  # status timestamps
     _clusters: dict[str, _ClusterState] = field(default_factory=dict)
+
+    def last_decision(self, cluster: meta.ClusterRef) -> specs.AutoscalingStatus | None:
+        state = self._clusters.get(cluster.uid)
+        return None if state is None else state.last
 
     async def advise(
         self,
@@ -154,6 +184,7 @@ class PredictiveAdvisor:
             new_replica=lambda i: Replica(latency, self.replica_config, i),
         )
         decision, state.scaler = await asyncio.to_thread(autoscaling.decide, state.scaler, obs, cfg)
+        state.last = decision_status(decision, obs.current, self.wall_clock())
         if decision.replicas == obs.current:
             return None
         self.events(cluster, "AutoscalerDecision", decision.explain())
@@ -165,6 +196,7 @@ class PredictiveAdvisor:
         )
         await self._post_drain(base, victim.name, True)
         state.drain = _Drain(victim.name, spec.replicas - 1, self.clock())
+        state.last = state.last.model_copy(update={"draining": victim.name})
         self.events(cluster, "Draining", f"stopped routing to {victim.name} before removal")
         return None
 
@@ -187,6 +219,8 @@ class PredictiveAdvisor:
                 cluster.namespace, drain.pod, {DELETION_COST_ANNOTATION: "-1000"}
             )
         state.drain = None
+        if state.last is not None:
+            state.last = state.last.model_copy(update={"draining": None})
         how = "drained" if not busy else f"drain bound of {self.drain_timeout_s:.0f}s passed"
         self.events(cluster, "ScaledDown", f"removing {drain.pod} ({how})")
         return min(drain.target, spec.replicas)
@@ -267,3 +301,6 @@ class AdvisorService:
         if self._advisor is None:
             return None
         return await self._advisor.advise(cluster, spec, status)
+
+    def last_decision(self, cluster: meta.ClusterRef) -> specs.AutoscalingStatus | None:
+        return None if self._advisor is None else self._advisor.last_decision(cluster)

@@ -157,4 +157,5 @@ def compute(
         selector=meta.selector_string(cluster, "engine"),
         endpoint=scheduler_objects.endpoint(cluster),
         conditions=conditions,
+        autoscaling=previous.autoscaling,  # the autoscaler's to write, not the reconciler's
     )

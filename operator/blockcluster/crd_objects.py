@@ -270,6 +270,47 @@ def status_schema() -> RawSchema:
                 "x-kubernetes-list-type": "map",
                 "x-kubernetes-list-map-keys": ["type"],
             },
+            "autoscaling": autoscaling_status_schema(),
+        },
+    }
+
+
+def autoscaling_status_schema() -> RawSchema:
+    count = {"type": "integer", "format": "int32"}
+    return {
+        "type": "object",
+        "description": "The autoscaler's last decision and the predictions behind it.",
+        "required": [
+            "lastDecisionTime",
+            "currentReplicas",
+            "recommendedReplicas",
+            "targetReplicas",
+            "forecastRps",
+            "decision",
+        ],
+        "properties": {
+            "lastDecisionTime": _string("When it decided.", format="date-time"),
+            "currentReplicas": {**count, "description": "Replicas it found (starting included)."},
+            "recommendedReplicas": {**count, "description": "Fewest predicted to meet the SLO."},
+            "targetReplicas": {**count, "description": "After stabilisation and rate limits."},
+            "forecastRps": {"type": "number", "description": "Forecast arrivals, req/s."},
+            "decision": _string("What it did and why."),
+            "predicted": {
+                "type": "array",
+                "description": "Predicted p99 at each replica count it simulated.",
+                "items": {
+                    "type": "object",
+                    "required": ["replicas"],
+                    "properties": {
+                        "replicas": count,
+                        "p99Seconds": {
+                            "type": "number",
+                            "description": "Absent: requests still waiting when the window ends.",
+                        },
+                    },
+                },
+            },
+            "draining": _string("The engine pod drained before its removal."),
         },
     }
 

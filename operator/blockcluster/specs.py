@@ -156,6 +156,26 @@ class Condition(CrdModel):
     last_transition_time: str | None = None
 
 
+class PredictedAtSize(CrdModel):
+    replicas: int
+    # Predicted p99 TTFT (or e2e when only that SLO is set) with this many replicas; absent when
+    # requests would still be waiting at the end of the simulated window.
+    p99_seconds: float | None = None
+
+
+class AutoscalingStatus(CrdModel):
+    """The autoscaler's last decision, as `kubectl get -o yaml` shows it."""
+
+    last_decision_time: str
+    current_replicas: int
+    recommended_replicas: int
+    target_replicas: int
+    forecast_rps: float
+    decision: str  # what it did and why, in words
+    predicted: list[PredictedAtSize] = Field(default_factory=list)
+    draining: str | None = None  # the pod being drained before removal
+
+
 class BlockClusterStatus(CrdModel):
     observed_generation: int | None = None
     replicas: int = 0
@@ -165,6 +185,7 @@ class BlockClusterStatus(CrdModel):
     selector: str = ""
     endpoint: str = ""
     conditions: list[Condition] = Field(default_factory=list)
+    autoscaling: AutoscalingStatus | None = None
 
 
 def parse_spec(raw: object) -> BlockClusterSpec:

@@ -92,6 +92,18 @@ async def test_timer_scales_up_then_drains_before_scaling_down(
         up = await advisor.advise(cluster, spec(2), status)
         assert up is not None and up > 2
         assert events[-1][0] == "AutoscalerDecision" and "N=2" in events[-1][1]
+        # The status part says the same: the sizes simulated, what each predicts, the target.
+        last = advisor.last_decision(cluster)
+        assert last is not None and last.target_replicas == up and last.current_replicas == 2
+        assert last.decision.startswith("scale up") and last.draining is None
+        sizes = [p.replicas for p in last.predicted]
+        assert sizes == sorted(sizes) and 2 in sizes and up in sizes
+        at_up = next(p for p in last.predicted if p.replicas == up)
+        at_two = next(p for p in last.predicted if p.replicas == 2)
+        # More replicas, a better prediction (absent: requests still waiting at the end).
+        assert at_two.p99_seconds is None or (
+            at_up.p99_seconds is not None and at_up.p99_seconds < at_two.p99_seconds
+        )
         # Load gone on four replicas: after the stabilisation window, drain one first.
         gw.report = LoadReport(interval_seconds=5.0, arrivals=1, sizes=SIZES,
                                replicas=replicas(4, busy=1))  # fmt: skip
@@ -104,6 +116,8 @@ async def test_timer_scales_up_then_drains_before_scaling_down(
         assert all(a is None or a >= 4 for a in answers)
         assert len(gw.drained) == 1 and not pods.calls
         victim = gw.drained[0]
+        drained = advisor.last_decision(cluster)
+        assert drained is not None and drained.draining == victim
         # Still busy: keep waiting. Idle: annotate the pod, then answer the lower count.
         gw.report = LoadReport(interval_seconds=5.0, arrivals=1, sizes=SIZES,
                                replicas=replicas(4, busy=1, draining=victim))  # fmt: skip
@@ -123,6 +137,8 @@ async def test_timer_scales_up_then_drains_before_scaling_down(
         assert down == 3
         assert pods.calls == [(victim, {provisioning.DELETION_COST_ANNOTATION: "-1000"})]
         assert [e[0] for e in events][-1] == "ScaledDown"
+        after = advisor.last_decision(cluster)
+        assert after is not None and after.draining is None
         assert seam.bounded(spec(4), down) == 3
 
 

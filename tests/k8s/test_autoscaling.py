@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.k8s
 
 SIZES = [(1000, 150), (600, 250), (1500, 80)]
-BUSY_POLLS_AFTER_DRAIN = 2  # the victim still holds requests for this many polls
+BUSY_POLLS_AFTER_DRAIN = 3  # the victim still holds requests for this many polls
 
 
 class StandInGateway:
@@ -137,12 +137,31 @@ def test_timer_scales_up_then_drains_before_scaling_down(
     wait_for("two engine pods", lambda: len(gw.pods()) == 2, 90)
     # Heavy load: the advisor's answer goes through the scale subresource.
     wait_for("a scale-up", lambda: gw.spec_replicas() > 2, 90)
+    # The decision is in the status too, through the real apiserver's schema and merge patch.
+    status = wait_for(
+        "status.autoscaling",
+        lambda: ((api.get(f"{path}/auto") or {}).get("status") or {}).get("autoscaling"),
+        60,
+    )
+    assert status["targetReplicas"] >= status["currentReplicas"] >= 1
+    assert status["decision"] and status["lastDecisionTime"].endswith("Z")
+    assert all(p["replicas"] >= 1 for p in status["predicted"]) and status["predicted"]
     up = wait_for("the new engine pods", lambda: (n := gw.spec_replicas()) == len(gw.pods()) and n,
                   90)  # fmt: skip
     # Light load: the gateway is told to drain one pod before the count drops.
     gw.heavy = False
     wait_for("a drain request", lambda: gw.drains, 120)
     victim, replicas_at_drain = gw.drains[0]
+    wait_for(
+        "the drain in the status",
+        lambda: (
+            ((api.get(f"{path}/auto") or {}).get("status") or {})
+            .get("autoscaling", {})
+            .get("draining")
+            == victim
+        ),
+        60,
+    )
     assert replicas_at_drain >= up  # the count was not lowered before the drain
     wait_for("a scale-down", lambda: gw.spec_replicas() < replicas_at_drain, 90)
     # While the victim held requests the count stayed; the ReplicaSet removed that very pod.

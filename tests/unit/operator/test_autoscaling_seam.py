@@ -25,6 +25,9 @@ class FixedAdvisor:
     ) -> int | None:
         return self.answer
 
+    def last_decision(self, cluster: meta.ClusterRef) -> specs.AutoscalingStatus | None:
+        return None
+
 
 class RecordingKube:
     """Only `scale` is expected; anything else would be a bug in the seam."""
@@ -83,3 +86,54 @@ async def test_no_opinion_or_same_count_writes_nothing() -> None:
         )
         assert now == 2
     assert kube.scaled == []
+
+
+class DecidingAdvisor(FixedAdvisor):
+    def __init__(self, answer: int | None, decided: specs.AutoscalingStatus) -> None:
+        super().__init__(answer)
+        self.decided = decided
+
+    def last_decision(self, cluster: meta.ClusterRef) -> specs.AutoscalingStatus | None:
+        return self.decided
+
+
+class StatusKube(RecordingKube):
+    def __init__(self) -> None:
+        super().__init__()
+        self.statuses: list[dict[str, Any]] = []
+
+    async def patch_status(self, *args: Any) -> dict[str, Any]:
+        api_version, kind, namespace, name, status = args
+        assert (api_version, kind, namespace, name) == (specs.API_VERSION, specs.KIND, "ns", "demo")
+        self.statuses.append(status)
+        return {}
+
+
+DECIDED = specs.AutoscalingStatus(
+    last_decision_time="2026-12-06T03:00:00Z", current_replicas=2, recommended_replicas=3,
+    target_replicas=3, forecast_rps=12.5, decision="scale up: SLO at risk",
+    predicted=[specs.PredictedAtSize(replicas=2),
+               specs.PredictedAtSize(replicas=3, p99_seconds=0.4)],
+)  # fmt: skip
+
+
+async def test_the_last_decision_goes_to_the_status_once() -> None:
+    kube = StatusKube()
+    now = await autoscaling.advise_and_scale(
+        DecidingAdvisor(3, DECIDED), kube, CLUSTER, SPEC, specs.BlockClusterStatus()
+    )
+    assert now == 3 and kube.scaled == [("ns", "demo", 3)]
+    [patch] = kube.statuses
+    assert patch == {"autoscaling": {
+        "lastDecisionTime": "2026-12-06T03:00:00Z", "currentReplicas": 2,
+        "recommendedReplicas": 3, "targetReplicas": 3, "forecastRps": 12.5,
+        "decision": "scale up: SLO at risk",
+        "predicted": [{"replicas": 2}, {"replicas": 3, "p99Seconds": 0.4}],
+        "draining": None,  # cleared explicitly: a merge patch keeps what it does not null
+    }}  # fmt: skip
+    # The same decision already in the status: nothing to write.
+    await autoscaling.advise_and_scale(
+        DecidingAdvisor(None, DECIDED), kube, CLUSTER, SPEC,
+        specs.BlockClusterStatus(autoscaling=DECIDED),
+    )  # fmt: skip
+    assert len(kube.statuses) == 1
