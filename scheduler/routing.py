@@ -126,11 +126,12 @@ class Router:
         policy = self.policy
         cand = list(policy.candidates(len(live), self._rng))
         answers: Sequence[Answer | None] = [None] * len(cand)
+        answered = 0
         if self.fans_out:
             answers = await self._predictor.ask(
                 [live[i] for i in cand], route.prompt_tokens, route.output_tokens, block_hashes
             )
-        answered = sum(a is not None for a in answers)
+            answered = sum(a is not None for a in answers)
         views: Sequence[ReplicaView]
         if policy.needs_load or policy.needs_prediction:
             views = [self._view(live[i], i, a) for i, a in zip(cand, answers, strict=True)]
@@ -148,7 +149,9 @@ class Router:
         index = policy.choose(route, views, self._rng)
         chosen = live[index]
         ticket = self._replicas.dispatch(chosen, loop.time())
-        prediction = next((v.prediction for v in views if v.index == index), None)
+        prediction = None
+        if answered:  # views carry predictions only from answers
+            prediction = next((v.prediction for v in views if v.index == index), None)
         self._metrics.child(self._metrics.decisions, policy.name, chosen.name).inc()
         self._metrics.child(self._metrics.decision_seconds, self.policy.name).observe(
             time.perf_counter() - t0
