@@ -6,12 +6,13 @@ Labels stay few-valued: `policy`, `replica` (a replica's name: pod name or host:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.metrics_core import CounterMetricFamily, Metric
 
 M = TypeVar("M", bound=MetricWrapperBase)
 
@@ -186,4 +187,30 @@ class SchedulerMetrics:
                 ["state"],
                 registry=r,
             ),
+        )
+
+
+class FrontDoorCounts(Protocol):
+    answered: int
+    handed_over: int
+
+
+class FrontDoorCollector:
+    """The front door's two counts, read at scrape time (plain integers on the request path,
+    no locked counter per request)."""
+
+    def __init__(self, door: FrontDoorCounts) -> None:
+        self._door = door
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(
+            "block_scheduler_lean_requests",
+            "Requests answered on the front door's lean path (whole completions).",
+            value=self._door.answered,
+        )
+        yield CounterMetricFamily(
+            "block_scheduler_handed_over_connections",
+            "Connections the front door gave to aiohttp (streams, other endpoints, unusual "
+            "framing, bodies the wire models refuse).",
+            value=self._door.handed_over,
         )

@@ -19,7 +19,8 @@ import yarl
 from aiohttp import web
 
 from block.scheduler.frontdoor import FrontDoor
-from block.scheduler.service import LEAN_ROUTES, SETTINGS
+from block.scheduler.metrics import FrontDoorCollector
+from block.scheduler.service import LEAN_ROUTES, METRICS, SETTINGS
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +72,10 @@ async def start(
     max_body = settings.max_body_bytes if settings is not None else 1 << 20
     routes = app.get(LEAN_ROUTES) or {}
     door = FrontDoor(runner.server, routes, max_body, access_log=access_log)
+    metrics = app.get(METRICS)
+    collector = FrontDoorCollector(door)
+    if metrics is not None:
+        metrics.registry.register(collector)
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))

@@ -468,6 +468,9 @@ async def test_whole_completions_take_the_lean_path_streams_go_to_aiohttp(
     assert (
         metric(metrics, "block_scheduler_requests_total", endpoint="completions", code="400") == 1
     )
+    # The front door's own counts: the lean answer; the stream, the bad body and this scrape.
+    assert metric(metrics, "block_scheduler_lean_requests_total") == 1
+    assert metric(metrics, "block_scheduler_handed_over_connections_total") == 3
 
 
 async def test_inflight_gauge_counts_requests_being_proxied(sidecars: Any, gateway: Any) -> None:
