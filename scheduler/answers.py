@@ -8,7 +8,6 @@ message.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from dataclasses import dataclass, field
@@ -50,8 +49,6 @@ def error_answer(e: Exception, request_id: str) -> Answer:
     """The problem+json answer for an exception a request raised; never a traceback.
     aiohttp's own `HTTPException`s (404, 405, 413, ...) keep their status; anything unexpected
     is logged and answered as a 500 that points at the log."""
-    if isinstance(e, asyncio.CancelledError):
-        raise e
     if isinstance(e, BlockError):
         answer = problem(e.status, e.title, e.detail, request_id)
         if isinstance(e, Overloaded):

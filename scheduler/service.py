@@ -179,8 +179,8 @@ async def _generate(
 class LeanCompletions:
     """One completions endpoint on the front door's lean path: what `problems` and
     `generate` do, for a request the front door parsed. It answers whole (non-streamed)
-    requests and declines (None) the rest: streams, and bodies that are not a JSON object,
-    which aiohttp's path answers."""
+    requests and declines (None) the rest: streams (aiohttp's path parses their body again,
+    once per stream), and bodies the wire models refuse, which aiohttp's path words."""
 
     def __init__(self, app: web.Application, endpoint: parsing.Endpoint) -> None:
         self._app = app

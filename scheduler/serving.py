@@ -12,8 +12,7 @@ import asyncio
 import gc
 import logging
 import signal
-import socket
-from typing import Any
+from dataclasses import dataclass
 
 import yarl
 from aiohttp import web
@@ -25,17 +24,16 @@ from block.scheduler.service import LEAN_ROUTES, METRICS, SETTINGS
 logger = logging.getLogger(__name__)
 
 
+@dataclass
 class GatewayServer:
     """A started gateway: where it listens, and `close()`."""
 
-    def __init__(
-        self, runner: web.AppRunner, door: FrontDoor, server: asyncio.Server, host: str, port: int
-    ) -> None:
-        self.runner = runner
-        self.door = door
-        self.server = server
-        self.host = host
-        self.port = port
+    runner: web.AppRunner
+    door: FrontDoor
+    server: asyncio.Server
+    host: str
+    port: int
+    shutdown_timeout_s: float
 
     @property
     def url(self) -> str:
@@ -44,10 +42,10 @@ class GatewayServer:
     def make_url(self, path: str) -> yarl.URL:
         return yarl.URL(self.url + path)
 
-    async def close(self, shutdown_timeout_s: float = 1.0) -> None:
+    async def close(self) -> None:
         """Stop listening, let requests in progress finish (bounded), then clean up."""
         self.server.close()
-        await self.door.shutdown(shutdown_timeout_s)
+        await self.door.shutdown(self.shutdown_timeout_s)
         await self.runner.shutdown()
         await self.runner.cleanup()
 
@@ -73,20 +71,17 @@ async def start(
     routes = app.get(LEAN_ROUTES) or {}
     door = FrontDoor(runner.server, routes, max_body, access_log=access_log)
     metrics = app.get(METRICS)
-    collector = FrontDoorCollector(door)
     if metrics is not None:
-        metrics.registry.register(collector)
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    loop = asyncio.get_running_loop()
+        metrics.registry.register(FrontDoorCollector(door))
     try:
-        server = await loop.create_server(door, sock=sock, backlog=1024)
+        server = await asyncio.get_running_loop().create_server(
+            door, host, port, reuse_address=True, backlog=1024
+        )
     except BaseException:
-        sock.close()
         await runner.cleanup()
         raise
-    return GatewayServer(runner, door, server, host, sock.getsockname()[1])
+    bound = server.sockets[0].getsockname()[1]
+    return GatewayServer(runner, door, server, host, bound, shutdown_timeout_s)
 
 
 def run(
@@ -113,21 +108,9 @@ def run(
             await stop.wait()
         finally:
             logger.info("shutting down")
-            await gateway.close(shutdown_timeout_s)
+            await gateway.close()
 
-    asyncio.set_event_loop(loop)
-    try:
-        loop.run_until_complete(main())
-    finally:
-        _cancel_all(loop)
-        loop.run_until_complete(loop.shutdown_asyncgens())
-        loop.close()
+    # The Runner cancels what is left, finishes async generators and closes the loop.
+    with asyncio.Runner(loop_factory=lambda: loop) as runner:
+        runner.run(main())
     return 0
-
-
-def _cancel_all(loop: asyncio.AbstractEventLoop) -> None:
-    tasks: set[asyncio.Task[Any]] = asyncio.all_tasks(loop)
-    for t in tasks:
-        t.cancel()
-    if tasks:
-        loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
