@@ -33,6 +33,7 @@ from block.wire.estimator import (
     LengthEstimate,
     LengthQuantiles,
 )
+from block.wire.problems import PROBLEM_TYPE, problem_document
 
 logger = logging.getLogger(__name__)
 ESTIMATOR = web.AppKey("estimator", LengthEstimator)
@@ -42,15 +43,10 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _problem(status: int, title: str, detail: str, request_id: str) -> web.Response:
-    body = {
-        "type": "about:blank",
-        "title": title,
-        "status": status,
-        "detail": detail,
-        "request_id": request_id,
-    }
     return web.Response(
-        status=status, text=json.dumps(body), content_type="application/problem+json"
+        status=status,
+        text=json.dumps(problem_document(status, title, detail, request_id)),
+        content_type=PROBLEM_TYPE,
     )
 
 

@@ -19,13 +19,13 @@ from pydantic import BaseModel, ValidationError
 
 from block.errors import BlockError, InvalidRequest
 from block.wire.openai import validation_message
+from block.wire.problems import PROBLEM_TYPE, problem_document
 
 logger = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=BaseModel)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-PROBLEM_TYPE = "application/problem+json"
 _OPENAI_TYPES = {400: "invalid_request_error", 404: "not_found_error", 413: "invalid_request_error"}
 
 
@@ -46,17 +46,11 @@ def request_id(request: web.Request) -> str:
 
 
 def problem(status: int, title: str, detail: str, rid: str) -> web.Response:
-    body = {
-        "type": "about:blank",
-        "title": title,
-        "status": status,
-        "detail": detail,
-        "request_id": rid,
-        "error": {
-            "message": detail,
-            "type": _OPENAI_TYPES.get(status, "server_error" if status >= 500 else "error"),
-            "code": status,
-        },
+    body = problem_document(status, title, detail, rid)
+    body["error"] = {
+        "message": detail,
+        "type": _OPENAI_TYPES.get(status, "server_error" if status >= 500 else "error"),
+        "code": status,
     }
     return web.Response(
         status=status,

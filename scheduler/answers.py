@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from block.errors import BlockError, Overloaded, Unauthorized
+from block.wire.problems import PROBLEM_TYPE, problem_document
 
 logger = logging.getLogger(__name__)
-PROBLEM_TYPE = "application/problem+json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,15 +33,9 @@ class Answer:
 
 
 def problem(status: int, title: str, detail: str, request_id: str) -> Answer:
-    body = {
-        "type": "about:blank",
-        "title": title,
-        "status": status,
-        "detail": detail,
-        "request_id": request_id,
-        # What OpenAI clients read for the exception message.
-        "error": {"message": detail, "type": title.lower().replace(" ", "_"), "code": status},
-    }
+    body = problem_document(status, title, detail, request_id)
+    # What OpenAI clients read for the exception message.
+    body["error"] = {"message": detail, "type": title.lower().replace(" ", "_"), "code": status}
     return Answer(status, json.dumps(body).encode(), {"Content-Type": PROBLEM_TYPE})
 
 
