@@ -7,23 +7,21 @@ In-flight accounting: each dispatch gets a `Ticket` (released when the proxied r
 A replica's figures (from a predictor answer) were taken at some moment; requests this gateway
 dispatched shortly before or after it may not be in them yet. `unseen(since)` counts the
 dispatches still active since then, so a burst of decisions made on the same figures does not
-pile onto one replica (herding).
+pile onto one replica (herding). Only active dispatches are kept (by ticket, in dispatch order),
+so the bookkeeping is as large as the replica's in-flight count and a release is O(1): no
+history to prune on the request path.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from block.wire.predict import LoadFigures
 
 NEVER = -math.inf
-# Recent dispatches older than this are dropped from the ring used by `unseen`: no figures are
-# ever trusted to be that stale while missing a request.
-RECENT_HORIZON_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +46,7 @@ class Ticket:
     def release(self) -> None:
         if not self.released:
             self.released = True
-            self.replica.active.discard(self.id)
+            self.replica.active.pop(self.id, None)
 
 
 class Replica:
@@ -67,12 +65,13 @@ class Replica:
         self.figures_at = NEVER  # when the request that produced `figures` was sent
         self.model: str | None = None  # as the predictor reports it
         self.dispatched = 0
-        self.active: set[int] = set()
+        # Active dispatches: ticket id -> loop time of the dispatch. Insertion order is dispatch
+        # order and the loop clock never goes back, so the times only grow along the dict.
+        self.active: dict[int, float] = {}
         # Not routed to before this time: the autoscaler drains it (`autoscaling_api`).
         self.drain_until = NEVER
         # The sidecar's own in-flight count (every gateway's requests) and when it was asked.
         self.sidecar_inflight: tuple[int, float] = (0, NEVER)
-        self._recent: deque[tuple[float, int]] = deque()
 
     def routable(self, now: float) -> bool:
         return (
@@ -84,22 +83,18 @@ class Replica:
 
     def dispatch(self, now: float, ticket_id: int) -> Ticket:
         self.dispatched += 1
-        self.active.add(ticket_id)
-        self._recent.append((now, ticket_id))
-        while self._recent and self._recent[0][0] < now - RECENT_HORIZON_S:
-            self._recent.popleft()
+        self.active[ticket_id] = now
         return Ticket(self, ticket_id)
 
     def unseen(self, since: float) -> int:
         """Active dispatches made at or after `since` (all active ones when `since` is -inf)."""
-        if since == NEVER or (self._recent and self._recent[0][0] >= since):
+        if since == NEVER:
             return len(self.active)
         n = 0
-        for t, tid in reversed(self._recent):
+        for t in reversed(self.active.values()):  # newest first
             if t < since:
                 break
-            if tid in self.active:
-                n += 1
+            n += 1
         return n
 
     def note_figures(self, figures: LoadFigures, at: float, model: str | None = None) -> None:

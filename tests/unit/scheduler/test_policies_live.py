@@ -193,3 +193,19 @@ async def test_unseen_requests_count_only_until_figures_show_them() -> None:
     t1.release()
     t1.release()  # idempotent
     assert a.unseen(since=float("-inf")) == 0
+
+
+async def test_unseen_counts_active_dispatches_whatever_order_they_end_in() -> None:
+    replicas = ReplicaSet()
+    replicas.update([Endpoint("a", "http://a:1")])
+    (a,) = replicas.all()
+    tickets = [replicas.dispatch(a, now=t) for t in (10.0, 11.0, 12.0, 500.0)]
+    tickets[2].release()  # one from the middle ends first
+    assert a.unseen(since=10.5) == 2  # 11.0 and 500.0
+    assert a.unseen(since=9.0) == 3
+    assert a.unseen(since=600.0) == 0
+    # A dispatch long before the figures is not counted however long it stays in flight.
+    assert a.unseen(since=499.0) == 1 and len(a.active) == 3
+    for t in tickets:
+        t.release()
+    assert not a.active and a.unseen(since=0.0) == 0
