@@ -152,11 +152,14 @@ class Router:
         prediction = None
         if answered:  # views carry predictions only from answers
             prediction = next((v.prediction for v in views if v.index == index), None)
-        self._metrics.child(self._metrics.decisions, policy.name, chosen.name).inc()
-        self._metrics.child(self._metrics.decision_seconds, self.policy.name).observe(
-            time.perf_counter() - t0
-        )
+        # Counted once the request is on its way: the loop runs this when the caller next
+        # waits (on the replica's answer), so the metrics are off the request's path.
+        loop.call_soon(self._count_decision, policy.name, chosen.name, time.perf_counter() - t0)
         return Decision(chosen, ticket, policy.name, fallback, prediction, len(cand), answered)
+
+    def _count_decision(self, policy: str, replica: str, seconds: float) -> None:
+        self._metrics.child(self._metrics.decisions, policy, replica).inc()
+        self._metrics.child(self._metrics.decision_seconds, self.policy.name).observe(seconds)
 
     def _blank(self, cand: Sequence[int]) -> tuple[ReplicaView, ...]:
         key = tuple(cand)

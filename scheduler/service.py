@@ -158,7 +158,10 @@ async def _generate(
 ) -> answers.Answer | web.StreamResponse:
     """Route and serve one completion; `request` is None on the lean path (no streams)."""
     inbound = parsing.parse(endpoint, body, headers, gw.settings.chars_per_token, gw.default_slo)
-    autoscaling.arrived()
+    loop = asyncio.get_running_loop()
+    # Bookkeeping runs through `call_soon`: after the upstream request is written here, after
+    # the answer is written below (the lean path writes it in this task step), never before.
+    loop.call_soon(autoscaling.arrived)
     # Hashing (tokenizer, in a thread) runs while the length is estimated.
     hashing = asyncio.ensure_future(gw.prompt_hashes(inbound)) if gw.tokens else None
     output_tokens = await gw.lengths.output_tokens(inbound)
@@ -168,12 +171,24 @@ async def _generate(
         inbound.prompt_tokens, output_tokens, inbound.slo_ttft_s, inbound.slo_e2e_s
     )
     outcome = await gw.proxy.forward(path, raw, inbound, route, request_id, started, request)
-    if outcome.response.status < 400:
-        gw.metrics.child(gw.metrics.e2e_seconds, endpoint).observe(
-            asyncio.get_running_loop().time() - started
-        )
-    autoscaling.served(endpoint, inbound.prompt_tokens, outcome.response)
+    loop.call_soon(
+        _served, gw, autoscaling, endpoint, inbound.prompt_tokens, outcome.response,
+        loop.time() - started,
+    )  # fmt: skip
     return outcome.response
+
+
+def _served(
+    gw: Gateway,
+    autoscaling: autoscaling_api.Autoscaling,
+    endpoint: parsing.Endpoint,
+    prompt_tokens: int,
+    response: answers.Answer | web.StreamResponse,
+    seconds: float,
+) -> None:
+    if response.status < 400:
+        gw.metrics.child(gw.metrics.e2e_seconds, endpoint).observe(seconds)
+    autoscaling.served(endpoint, prompt_tokens, response)
 
 
 class LeanCompletions:
@@ -210,8 +225,12 @@ class LeanCompletions:
             answer = result
         except Exception as e:  # CancelledError is a BaseException: it passes
             answer = answers.error_answer(e, request_id)
-        self._metrics.child(self._metrics.requests, self._endpoint, str(answer.status)).inc()
+        # Counted after the front door has written the answer (it does so in this task step).
+        asyncio.get_running_loop().call_soon(self._count, answer.status)
         return answer
+
+    def _count(self, status: int) -> None:
+        self._metrics.child(self._metrics.requests, self._endpoint, str(status)).inc()
 
 
 async def models(request: web.Request) -> web.Response:
