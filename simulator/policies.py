@@ -184,6 +184,11 @@ class PrefixAffinity:
         return min(views, key=lambda v: (-v.prefix_hit_tokens, v.load, v.kv_usage, v.index)).index
 
 
+# Predicted latencies closer than this (seconds) are equal for routing: far below a model
+# step (milliseconds), far above a float's rounding noise.
+LATENCY_TIE_S = 1e-6
+
+
 @dataclass(frozen=True)
 class Block:
     """Block: the replica with the lowest predicted e2e (or TTFT) for this request.
@@ -218,7 +223,12 @@ class Block:
             meeting = [v for v in scored if meets_slo(req, v.prediction)]
             if meeting:
                 scored = meeting
-        return min(scored, key=lambda v: (latency(v), v.load, v.index)).index
+        # Predictions within LATENCY_TIE_S of the best are a tie, broken by load then index:
+        # identical replicas' simulations differ in the last bits of a float, and routing
+        # must not follow that noise.
+        best = min(latency(v) for v in scored)
+        tied = [v for v in scored if latency(v) <= best + LATENCY_TIE_S]
+        return min(tied, key=lambda v: (v.load, v.index)).index
 
 
 def meets_slo(req: RouteRequest, p: Prediction | None) -> bool:

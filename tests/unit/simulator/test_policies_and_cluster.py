@@ -47,6 +47,20 @@ def test_block_picks_lowest_prediction_and_respects_slo() -> None:
     assert block.choose(REQ, [view(0, 4), view(1, 2)], RNG) == 1  # no predictions: fallback
 
 
+def test_block_treats_float_noise_as_a_tie() -> None:
+    """Identical replicas' predictions can differ in the last bits; load then index decide."""
+    block = policies.make_policy("block")
+    noisy = 0.2348139879758052
+    assert noisy - 0.23481398797580516 > 0  # the two differ, by one unit in the last place
+    views = [view(0, 3, e2e=noisy), view(1, 1, e2e=0.23481398797580516), view(2, 1, e2e=noisy)]
+    assert block.choose(REQ, views, RNG) == 1  # least loaded of the tie, lowest index next
+    views = [view(0, 1, e2e=noisy), view(1, 1, e2e=0.23481398797580516)]
+    assert block.choose(REQ, views, RNG) == 0
+    # A real difference (a microsecond and more) still wins over load.
+    views = [view(0, 1, e2e=0.2350), view(1, 9, e2e=0.2348)]
+    assert block.choose(REQ, views, RNG) == 1
+
+
 def test_power_of_k_samples_k_and_unknown_policy_errors() -> None:
     p = policies.make_policy("power-of-3")
     assert len(p.candidates(10, random.Random(1))) == 3
