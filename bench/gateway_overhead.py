@@ -396,6 +396,9 @@ def main() -> int:
     ratio50 = gw["added_p50_us"] / max(1.0, ng["added_p50_us"])
     ratio99 = gw["added_p99_us"] / max(1.0, ng["added_p99_us"])
     print(f"added latency, gateway round-robin / nginx: p50 {ratio50:.2f}x, p99 {ratio99:.2f}x")
+    for t in ("nginx-rr", "gateway round-robin"):  # the machine's noise moves between rounds
+        by_round = ", ".join(str(x["p99_us"]) for x in runs[t]["latency"])
+        print(f"p99 µs by round, {t}: {by_round}")
     for key, name in (("decide8", "block, fan-out to 8"), ("decide2", "block-k2, fan-out to 2")):
         d = got[key]
         print(
