@@ -21,6 +21,9 @@ from block.scheduler.frontdoor import FrontDoor
 from block.scheduler.metrics import FrontDoorCollector
 from block.scheduler.service import LEAN_ROUTES, METRICS, SETTINGS
 
+# Net new container objects between young collections once serving (CPython's default: 700).
+GC_YOUNG_THRESHOLD = 7000
+
 logger = logging.getLogger(__name__)
 
 
@@ -104,6 +107,11 @@ def run(
         # generations, so collections on the request path scan only the requests' objects.
         gc.collect()
         gc.freeze()
+        # A request's objects die by reference count, so young collections only rescan what
+        # is in flight: at CPython's default of 700, 1,293 of them in 49,199 requests (64 at a
+        # time) found no garbage and cost ~2.6 µs of CPU per request. At 7000 a steady load
+        # triggers next to none (bench/README.md, gateway_overhead).
+        gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
         try:
             await stop.wait()
         finally:
