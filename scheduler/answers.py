@@ -20,7 +20,7 @@ from block.wire.problems import PROBLEM_TYPE, problem_document
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: per-request record, built on the hot path
 class Answer:
     """A complete HTTP answer: status, headers (besides framing), body."""
 

@@ -46,7 +46,7 @@ _DECLINE = frozenset({"transfer-encoding", "expect", "upgrade"})
 _REASONS = {s.value: s.phrase.encode() for s in http.HTTPStatus}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: per-request record, built on the hot path
 class LeanRequest:
     method: str
     path: str
@@ -107,7 +107,7 @@ class FrontDoor:
             conn.close()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: per-request record, built on the hot path
 class _Head:
     method: str
     path: str

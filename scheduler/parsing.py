@@ -26,7 +26,7 @@ CHAT_TOKENS_PER_MESSAGE = 5
 SLO_HEADERS = ("x-block-slo-ttft-ms", "x-block-slo-e2e-ms")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen init costs ~1 µs more per request
 class Inbound:
     """What routing needs to know about one request."""
 

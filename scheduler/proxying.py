@@ -52,7 +52,7 @@ class _Retry(Exception):
         self.overloaded = overloaded
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: per-request record, built on the hot path
 class Outcome:
     response: Answer | web.StreamResponse  # a stream is already sent; an Answer is not
     replica: Replica

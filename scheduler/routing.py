@@ -45,7 +45,7 @@ from block.wire.predict import LoadFigures
 MIN_UNSEEN_PENALTY_S = 0.002
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: per-request record, built on the hot path
 class Decision:
     replica: Replica
     ticket: Ticket  # release when the proxied request ends
