@@ -68,20 +68,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
 
 
-def _step_requests(args: argparse.Namespace, max_len: int) -> list[Any]:
+def step_phases(args: argparse.Namespace) -> list[tuple[float, float]]:
+    """The step load's phases, (rate req/s, length s), from `--step-rates`/`--step-seconds`."""
     from block.errors import ConfigError
-    from block.simulator import workloads
-    from block.simulator.requests import Request
 
     rates = [float(x) for x in args.step_rates.split(",")]
     lengths = [float(x) for x in args.step_seconds.split(",")]
     if len(rates) != len(lengths) or not rates:
         raise ConfigError("--step-rates and --step-seconds need the same number of phases")
+    return list(zip(rates, lengths, strict=True))
+
+
+def _step_requests(args: argparse.Namespace, max_len: int) -> list[Any]:
+    from block.simulator import workloads
+    from block.simulator.requests import Request
+
+    phases = step_phases(args)
     trace = workloads.read_trace(workloads.trace_path(workloads.AZURE_CONV))
     rng = random.Random(args.seed)
     out: list[Request] = []
     t0 = 0.0
-    for rate, length in zip(rates, lengths, strict=True):
+    for rate, length in phases:
         t = t0
         while True:
             t += rng.expovariate(rate)
@@ -180,11 +187,11 @@ class KnownSteps:
 
 def busy_phases(args: argparse.Namespace) -> list[tuple[float, float]]:
     """(start, end) of the step load's phases above its lowest rate."""
-    rates = [float(x) for x in args.step_rates.split(",")]
-    lengths = [float(x) for x in args.step_seconds.split(",")]
+    phases = step_phases(args)
+    lowest = min(rate for rate, _ in phases)
     out, t0 = [], 0.0
-    for rate, length in zip(rates, lengths, strict=True):
-        if rate > min(rates):
+    for rate, length in phases:
+        if rate > lowest:
             out.append((t0, t0 + length))
         t0 += length
     return out
