@@ -226,8 +226,9 @@ class Block:
         # Predictions within LATENCY_TIE_S of the best are a tie, broken by load then index:
         # identical replicas' simulations differ in the last bits of a float, and routing
         # must not follow that noise.
-        best = min(latency(v) for v in scored)
-        tied = [v for v in scored if latency(v) <= best + LATENCY_TIE_S]
+        lat = [latency(v) for v in scored]
+        best = min(lat)
+        tied = [v for v, x in zip(scored, lat, strict=True) if x <= best + LATENCY_TIE_S]
         return min(tied, key=lambda v: (v.load, v.index)).index
 
 
