@@ -1,10 +1,12 @@
 """Batch execution time of one engine step, from measured operator tables.
 
 A step's time is `num_layers x (non-attention layer time(T) + attention) + overheads`, where T is
-the number of tokens in the batch. The non-attention part comes from Vidur-format `mlp.csv`
-profiles, turned once into a lookup table indexed by T (so a query is O(1)). Attention comes
-from a measured `attention.csv` when the project has one for this (GPU, model), otherwise from
-an analytic roofline model that every output labels `analytic-roofline`.
+the number of tokens in the batch; with tensor parallelism the non-attention time includes the
+layer's two all-reduces of T x hidden values (Vidur's collective tables). The non-attention
+part comes from Vidur-format `mlp.csv` profiles, turned once into a lookup table indexed by T
+(so a query is O(1)). Attention comes from a measured `attention.csv` when the project has one
+for this (GPU, model), otherwise from an analytic roofline model that every output labels
+`analytic-roofline`.
 """
 
 from __future__ import annotations
@@ -178,6 +180,7 @@ class LatencyModel:
         max_batch_tokens: int = 65536,
         compat: str = "none",
         mixed_decode: _Surface | None = None,
+        all_reduce: profiles.CollectiveTable | None = None,
     ) -> None:
         self.model = model
         self.gpu = gpu
@@ -196,6 +199,12 @@ class LatencyModel:
             top = mlp.num_tokens >= mlp.num_tokens[-1] * 3 // 4
             slope = float(np.polyfit(mlp.num_tokens[top], mlp.layer_time_s[top], 1)[0])
             lut[tail:] = mlp.layer_time_s[-1] + slope * (grid[tail:] - tail)
+        # Tensor parallelism: Vidur's mlp.csv times one shard's operators only; each layer
+        # also all-reduces its attention output and its MLP output (tokens x hidden values).
+        self.all_reduce_source = all_reduce.source if all_reduce and tensor_parallel > 1 else None
+        if all_reduce is not None and tensor_parallel > 1:
+            message = grid * model.hidden_size * model.dtype_bytes
+            lut += 2 * all_reduce.at(message)
         lut[0] = 0.0
         self._mlp_lut: list[float] = lut.tolist()
         self._max_tokens = max_batch_tokens
@@ -219,6 +228,7 @@ class LatencyModel:
             "model": self.model.name,
             "tensor_parallel": self.tensor_parallel,
             "mlp_profile": str(self.mlp_source),
+            "all_reduce_profile": str(self.all_reduce_source) if self.all_reduce_source else None,
             "attention_model": self.attention.label,
             "mixed_step_decode_table": self.mixed_decode is not None,
             "step_overhead_s": self.overheads.step_s,
@@ -331,9 +341,18 @@ class LatencyModel:
             attn_model = roofline_attention(shape, spec, tensor_parallel)
         overheads_path = profiles.find_profile_file(spec.name, shape.name, "overhead.json")
         overheads = Overheads.read(overheads_path) if compat == "none" else Overheads()
+        all_reduce = None
+        if tensor_parallel > 1:
+            all_reduce = profiles.find_all_reduce(spec.name, tensor_parallel)
+            if all_reduce is None:
+                roots = ", ".join(str(r) for r in profiles.network_roots())
+                raise ConfigError(
+                    f"no all_reduce.csv for {tensor_parallel} x {spec.name} under {roots} "
+                    "(<gpu>_pairwise_nvlink/ or <gpu>_dgx/): tensor parallelism needs one"
+                )
         return cls(
             shape, spec, tensor_parallel, mlp, attn_model, overheads, compat=compat,
-            mixed_decode=mixed,
+            mixed_decode=mixed, all_reduce=all_reduce,
         )  # fmt: skip
 
 

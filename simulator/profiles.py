@@ -1,9 +1,9 @@
 """Find and read Vidur-format operator profiles (`mlp.csv`, `attention.csv`).
 
-Search order for a (GPU, model) pair: `$BLOCK_PROFILES_DIR`, the project's own measured tables
-(`data/profiles/<gpu>/<org>/<model>/`), then the shared Vidur tables
-(`../shared/data/profiling/compute/<gpu>/<org>/<model>/`). Attention and MLP tables may come
-from different places: the first directory holding each file wins.
+Search order for a (GPU, model) pair: the folders in `$BLOCK_PROFILES_DIR` (os.pathsep-separated),
+the project's own measured tables (`block.data`: `profiles/<gpu>/<org>/<model>/`), then Vidur's
+published tables that ship with the package (`vidur/compute/<gpu>/<org>/<model>/`). Attention
+and MLP tables may come from different places: the first directory holding each file wins.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from block import data
 from block.errors import ConfigError
 
 # The non-attention operators of one transformer layer, as named in Vidur's mlp.csv.
@@ -32,16 +33,12 @@ MLP_LAYER_OPS: tuple[str, ...] = (
     "add",
 )
 
-_REPO_ROOT = Path(__file__).resolve().parent.parent
-
 
 def search_roots() -> list[Path]:
-    roots: list[Path] = []
-    env = os.environ.get("BLOCK_PROFILES_DIR")
-    if env:
-        roots.append(Path(env))
-    roots.append(_REPO_ROOT / "data" / "profiles")
-    roots.append(_REPO_ROOT.parent / "shared" / "data" / "profiling" / "compute")
+    """Folders searched for `<gpu>/<org>/<model>/<file>`, first match wins."""
+    env = os.environ.get("BLOCK_PROFILES_DIR", "")
+    roots = [Path(p) for p in env.split(os.pathsep) if p]
+    roots += [data.PROFILES, data.VIDUR_COMPUTE]
     return roots
 
 
@@ -95,6 +92,67 @@ def read_mlp_table(path: Path, tensor_parallel: int, stat: str = "median") -> Ml
         per_op[op] = np.bincount(inverse, weights=values) / counts
     total_ms = np.sum(list(per_op.values()), axis=0)
     return MlpTable(path, tokens, total_ms / 1e3, per_op)
+
+
+@dataclass(frozen=True)
+class CollectiveTable:
+    """Time of one collective (seconds) by message size (bytes), at one worker count."""
+
+    source: Path
+    size_bytes: np.ndarray  # sorted, unique
+    time_s: np.ndarray
+
+    def at(self, size_bytes: np.ndarray) -> np.ndarray:
+        """Interpolated times; past the largest message, along the slope of the top quarter
+        (large messages are bandwidth-bound: linear in size)."""
+        out: np.ndarray = np.interp(size_bytes, self.size_bytes, self.time_s)
+        top = self.size_bytes >= self.size_bytes[-1] * 3 / 4
+        if top.sum() >= 2:
+            slope = float(np.polyfit(self.size_bytes[top], self.time_s[top], 1)[0])
+            beyond = size_bytes > self.size_bytes[-1]
+            out[beyond] = self.time_s[-1] + slope * (size_bytes[beyond] - self.size_bytes[-1])
+        return out
+
+
+def network_roots() -> list[Path]:
+    """Folders holding `<node>/all_reduce.csv`: `network/` under each `$BLOCK_PROFILES_DIR`
+    folder, then Vidur's tables that ship with the package."""
+    env = os.environ.get("BLOCK_PROFILES_DIR", "")
+    return [*(Path(p) / "network" for p in env.split(os.pathsep) if p), data.VIDUR_NETWORK]
+
+
+def find_all_reduce(gpu: str, tensor_parallel: int) -> CollectiveTable | None:
+    """All-reduce timings among `tensor_parallel` GPUs of one node, or None where none were
+    measured. NVLink pairs (Vidur's `<gpu>_pairwise_nvlink`, 2 and 4 GPUs) first, then a DGX
+    node (`<gpu>_dgx`, up to 8)."""
+    for node in (f"{gpu.lower()}_pairwise_nvlink", f"{gpu.lower()}_dgx"):
+        for root in network_roots():
+            path = root / node / "all_reduce.csv"
+            if path.is_file():
+                table = read_all_reduce(path, tensor_parallel)
+                if table is not None:
+                    return table
+    return None
+
+
+def read_all_reduce(path: Path, workers: int, stat: str = "median") -> CollectiveTable | None:
+    """Rows of `workers` GPUs all in one node (ms → s), repeats of a size averaged."""
+    try:
+        with path.open(newline="") as f:
+            rows = [
+                r
+                for r in csv.DictReader(f)
+                if int(r["num_workers"]) == workers and int(r["devices_per_node"]) == workers
+            ]
+        sizes = np.array([int(r["size"]) for r in rows], dtype=np.int64)
+        times = np.array([float(r[f"time_stats.all_reduce.{stat}"]) for r in rows]) / 1e3
+    except (OSError, KeyError, ValueError) as e:
+        raise ConfigError(f"cannot read all-reduce profile {path}: {e}") from e
+    if len(rows) < 2:
+        return None
+    unique, inverse = np.unique(sizes, return_inverse=True)
+    mean = np.bincount(inverse, weights=times) / np.bincount(inverse)
+    return CollectiveTable(path, unique.astype(float), mean)
 
 
 @dataclass(frozen=True)

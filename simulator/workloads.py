@@ -18,11 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
+from block import data
 from block.errors import ConfigError
 from block.simulator.requests import Request
 
-_REPO_ROOT = Path(__file__).resolve().parent.parent
-SHARED_TRACES = _REPO_ROOT.parent / "shared" / "data" / "traces"
 AZURE_CONV = "azure_llm_2023_conv.csv"
 ARXIV = "arxiv_summarization_llama2.csv"
 LENGTH_SOURCES = ("sharegpt", "azure-conv", "arxiv")
@@ -37,12 +36,23 @@ def cache_dir() -> Path:
     return path
 
 
+def trace_roots() -> list[Path]:
+    """Folders searched for a named trace: `$BLOCK_TRACES_DIR` (os.pathsep-separated), then the
+    traces that ship with the package (`block.data`)."""
+    env = os.environ.get("BLOCK_TRACES_DIR", "")
+    return [*(Path(p) for p in env.split(os.pathsep) if p), data.TRACES]
+
+
 def trace_path(name: str) -> Path:
-    env = os.environ.get("BLOCK_TRACES_DIR")
-    path = (Path(env) if env else SHARED_TRACES) / name
-    if not path.is_file():
-        raise ConfigError(f"trace {path} not found (set BLOCK_TRACES_DIR to its folder)")
-    return path
+    """The first file called `name` (a relative path, e.g. `servegen/m-large.csv`) on the
+    trace search path."""
+    roots = trace_roots()
+    for root in roots:
+        path = root / name
+        if path.is_file():
+            return path
+    where = ", ".join(str(r) for r in roots)
+    raise ConfigError(f"trace {name!r} not found under {where} (BLOCK_TRACES_DIR adds folders)")
 
 
 def llama3_tokenizer() -> object:
@@ -174,6 +184,40 @@ def read_trace(path: Path) -> Trace:
         raise ConfigError(f"trace {path}: bad value: {e}") from e
     order = np.argsort(arrival, kind="stable")
     return Trace(arrival[order], prompt[order], output[order])
+
+
+# ServeGen's production rate series (10-minute windows over 14 days), by the name users pass.
+SERVEGEN_SERIES = ("m-large", "m-small")
+
+
+@dataclass(frozen=True)
+class RateSeries:
+    """Request rates of a production service in fixed windows (no request sizes)."""
+
+    name: str
+    window_s: float
+    start_s: np.ndarray  # window starts, seconds from the start of day 1
+    rate: np.ndarray  # requests per second in the window, all clients
+    cv: np.ndarray  # coefficient of variation of inter-arrival gaps; NaN in an idle window
+
+
+def read_rate_series(name: str) -> RateSeries:
+    """A ServeGen series (`m-large`, `m-small`) from `servegen/<name>.csv` on the trace path."""
+    if name not in SERVEGEN_SERIES:
+        raise ConfigError(f"unknown rate series {name!r}; known: {', '.join(SERVEGEN_SERIES)}")
+    path = trace_path(f"servegen/{name}.csv")
+    rows = _read_rows(path)
+    try:
+        start = np.array([float(r["window_start_s"]) for r in rows])
+        rate = np.array([float(r["rate"]) for r in rows])
+        # An idle window (rate 0, m-small has 37) has no gaps and so no CV: the file leaves it
+        # blank.
+        cv = np.array([float(r["cv"]) if r["cv"] else np.nan for r in rows])
+    except (KeyError, ValueError) as e:
+        raise ConfigError(f"rate series {path}: expected window_start_s,rate,cv: {e}") from e
+    if len(start) < 2 or np.any(np.diff(start) <= 0):
+        raise ConfigError(f"rate series {path}: windows must be at least two, in time order")
+    return RateSeries(name, float(start[1] - start[0]), start, rate, cv)
 
 
 def lengths_for(source: str) -> np.ndarray:

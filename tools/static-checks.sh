@@ -9,7 +9,7 @@ view="$root/.cache/namespace-view"
 rm -rf "$view"
 mkdir -p "$view/block"
 for f in "$root"/block/*; do ln -s "$f" "$view/block/$(basename "$f")"; done
-for pkg in simulator predictor scheduler estimator operator profiler experiments; do
+for pkg in simulator predictor scheduler estimator operator profiler experiments data; do
   [ -d "$root/$pkg" ] && ln -s "$root/$pkg" "$view/block/$pkg"
 done
 cd "$view"

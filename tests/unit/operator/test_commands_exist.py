@@ -71,9 +71,9 @@ def test_dockerfile_installs_the_block_command_and_every_component() -> None:
     assert re.search(r"pip wheel .* \.$", text, re.MULTILINE), "the project is not built"
     assert "pip install --no-cache-dir /wheels/*.whl" in text
     assert 'ENTRYPOINT ["block"]' in text
-    # The simulator's latency profiles, where block.simulator.profiles looks for them.
-    assert "COPY --from=profiles / /opt/block/profiles/" in text
-    assert "BLOCK_PROFILES_DIR=/opt/block/profiles" in text
+    # The image builds from the repository alone: no extra build context, no outside folder.
+    assert "--from=" not in text.replace("--from=build", "")
+    assert "../" not in text
 
 
 def test_dockerfile_is_slim_and_unprivileged() -> None:

@@ -2,18 +2,17 @@
 
 import csv
 import itertools
-from pathlib import Path
 
 import pytest
 
+from block import data
 from block.errors import ConfigError
 from block.profiler import grids
 
-SHARED = Path(__file__).resolve().parents[3].parent / "shared/data/profiling/compute"
-VIDUR_H100_LLAMA2 = SHARED / "h100/meta-llama/Llama-2-7b-hf/mlp.csv"
+VIDUR_H100_LLAMA2 = data.VIDUR_COMPUTE / "h100/meta-llama/Llama-2-7b-hf/mlp.csv"
 
 
-def test_token_grid_is_the_shared_vidur_h100_grid() -> None:
+def test_token_grid_is_the_vidur_h100_grid() -> None:
     with VIDUR_H100_LLAMA2.open(newline="") as f:
         rows = list(csv.DictReader(f))
     for tp in {r["num_tensor_parallel_workers"] for r in rows}:

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
+from block import data
 from block.errors import ConfigError
 from block.profiler import tables
 from block.profiler.tables import AttentionRow, MlpRow, Stats
 
-ROOT = Path(__file__).resolve().parents[3]
-VIDUR_H100_LLAMA2 = ROOT.parent / "shared/data/profiling/compute/h100/meta-llama/Llama-2-7b-hf"
+VIDUR_H100_LLAMA2 = data.VIDUR_COMPUTE / "h100/meta-llama/Llama-2-7b-hf"
 
 
 def _stats(base: float) -> Stats:

@@ -1,4 +1,4 @@
-"""Shared fixtures: the real A100 Llama-2-7B profile from the shared data."""
+"""Shared fixtures: the real A100 Llama-2-7B profile that ships with the package."""
 
 from __future__ import annotations
 

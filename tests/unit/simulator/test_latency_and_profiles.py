@@ -1,4 +1,5 @@
-"""Latency model from the shared Vidur profiles, and the Vidur-format export round trip."""
+"""Latency model from the Vidur profiles that ship with the package, and the Vidur-format export
+round trip."""
 
 from __future__ import annotations
 
@@ -67,3 +68,48 @@ def test_vidur_compat_rounds_tokens_to_eight(latency: LatencyModel) -> None:
     assert len(times) == 1
     assert np.isfinite(next(iter(times)))
     assert compat.step_time_s(9, 0, 0) > compat.step_time_s(8, 0, 0)
+
+
+def test_tensor_parallel_layers_pay_two_all_reduces() -> None:
+    model = LatencyModel.load("a100", "meta-llama/Llama-2-70b-hf", tensor_parallel=2)
+    source = model.describe()["all_reduce_profile"]
+    assert source is not None and source.endswith("a100_pairwise_nvlink/all_reduce.csv")
+    shard = profiles.read_mlp_table(model.mlp_source, 2)
+    reduce = profiles.find_all_reduce("a100", 2)
+    assert reduce is not None
+    for tokens in (1, 64, 512, 2048):
+        i = int(np.searchsorted(shard.num_tokens, tokens))
+        assert shard.num_tokens[i] == tokens  # a measured point: no interpolation in the shard
+        message = np.array([tokens * 8192 * 2.0])  # tokens x hidden x bf16 bytes
+        expected = shard.layer_time_s[i] + 2 * reduce.at(message)[0]
+        assert model.mlp_layer_s(tokens) == pytest.approx(expected, rel=1e-9)
+    # Large messages are bandwidth-bound: the reduce grows with the batch, beyond the table too.
+    big = reduce.at(np.array([1e8, 1e9, 4e9]))
+    assert big[0] < big[1] < big[2]
+    # One GPU has no collective at all.
+    assert (
+        LatencyModel.load("a100", "meta-llama/Llama-2-70b-hf").describe()["all_reduce_profile"]
+        is None
+    )
+
+
+def test_tensor_parallel_without_network_table_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from block import data
+
+    # As if only the compute tables had been installed: no collective timings anywhere.
+    monkeypatch.setattr(data, "VIDUR_NETWORK", tmp_path)
+    assert profiles.find_all_reduce("a100", 2) is None
+    with pytest.raises(ConfigError, match=r"no all_reduce\.csv for 2 x a100"):
+        LatencyModel.load("a100", "meta-llama/Llama-2-70b-hf", tensor_parallel=2)
+    # A user's own table under BLOCK_PROFILES_DIR/network/ is found.
+    node = tmp_path / "mine" / "network" / "a100_dgx"
+    node.mkdir(parents=True)
+    (node / "all_reduce.csv").write_text(
+        "time_stats.all_reduce.median,num_workers,devices_per_node,size\n"
+        "0.01,2,2,2048\n0.5,2,2,100000000\n"
+    )
+    monkeypatch.setenv("BLOCK_PROFILES_DIR", str(tmp_path / "mine"))
+    model = LatencyModel.load("a100", "meta-llama/Llama-2-70b-hf", tensor_parallel=2)
+    assert str(model.describe()["all_reduce_profile"]).startswith(str(node))

@@ -1,10 +1,11 @@
-"""Workload builders over the real traces in ../shared/data."""
+"""Workload builders over the real traces that ship in `block.data`."""
 
 from __future__ import annotations
 
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from block.errors import ConfigError
@@ -53,3 +54,39 @@ def test_fit_lengths_caps_output() -> None:
 def test_arxiv_sizes_are_long_prompts() -> None:
     sizes = workloads.arxiv_lengths()
     assert sizes[:, 0].mean() > 5 * sizes[:, 1].mean()
+
+
+def test_traces_ship_with_the_package() -> None:
+    from block import data
+
+    for name in (workloads.AZURE_CONV, workloads.ARXIV, "servegen/m-large.csv"):
+        assert workloads.trace_path(name).parent.resolve().is_relative_to(data.TRACES)
+
+
+def test_traces_dir_adds_a_folder_searched_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mine = tmp_path / workloads.ARXIV
+    mine.write_text("num_prefill_tokens,num_decode_tokens\n100,7\n")
+    monkeypatch.setenv("BLOCK_TRACES_DIR", str(tmp_path))
+    assert workloads.arxiv_lengths().tolist() == [[100, 7]]
+    # Names not in the extra folder still come from the package.
+    assert len(workloads.read_trace(workloads.trace_path(workloads.AZURE_CONV)).arrival_s) == 19366
+    with pytest.raises(ConfigError, match="BLOCK_TRACES_DIR adds folders"):
+        workloads.trace_path("nowhere.csv")
+
+
+def test_servegen_series_are_fourteen_days_of_ten_minute_windows() -> None:
+    for name in workloads.SERVEGEN_SERIES:
+        series = workloads.read_rate_series(name)
+        assert series.window_s == 600.0
+        assert len(series.rate) == 14 * 24 * 6
+        assert (series.rate >= 0).all() and (series.rate > 0).mean() > 0.95
+        busy = series.rate > 0
+        assert (series.cv[busy] > 0).all() and np.isnan(series.cv[~busy]).all()
+        # A daily swing: the average day's busiest hour is 1.45x (m-large) and 2.2x (m-small)
+        # its quietest, as the ServeGen data README says.
+        by_hour_of_day = series.rate.reshape(14, 24, 6).mean(axis=(0, 2))
+        assert by_hour_of_day.max() / by_hour_of_day.min() > 1.4
+    with pytest.raises(ConfigError, match="known: m-large, m-small"):
+        workloads.read_rate_series("m-medium")
