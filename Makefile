@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed-stamp
 OUT     ?= out
 
-.PHONY: install lint test unit demo demo-simulated clean k8s-bins
+.PHONY: install lint test unit demo demo-simulated clean k8s-bins standalone
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ lint: install
 # sys.path, where the `operator/` folder would shadow the standard library.
 test: lint k8s-bins
 	$(BIN)/pytest
+
+# A clone of HEAD with nothing beside it: installed as a wheel into a new virtualenv, then
+# `block simulate`, `block profiles export` and the live demo's path must work (CI runs it).
+standalone:
+	tools/standalone-check.sh
 
 # The test control plane for tests/k8s (Go builds, cached in tools/k8s/bin; a no-op when current).
 k8s-bins:

@@ -1,4 +1,4 @@
-"""Cross-check: our measured H100 MLP table against the shared Vidur H100 table, op by op.
+"""Cross-check: our measured H100 MLP table against Vidur's H100 table, op by op.
 
     .venv/bin/python bench/h100_mlp_crosscheck.py            # Llama-2-7b-hf, TP 1
     .venv/bin/python bench/h100_mlp_crosscheck.py --out bench/results/h100_mlp_crosscheck.md
@@ -23,7 +23,7 @@ from block.profiler.tables import MLP_OPS, MlpRow, read_mlp_csv
 
 ROOT = Path(__file__).resolve().parent.parent
 OURS = ROOT / "data/profiles/h100/meta-llama/Llama-2-7b-hf/mlp.csv"
-VIDUR = ROOT.parent / "shared/data/profiling/compute/h100/meta-llama/Llama-2-7b-hf/mlp.csv"
+VIDUR = ROOT / "data/vidur/compute/h100/meta-llama/Llama-2-7b-hf/mlp.csv"
 LAYER_OPS = [op for op in MLP_OPS if op != "emb"]
 
 
@@ -61,7 +61,7 @@ def crosscheck(ours_path: Path, vidur_path: Path, tp: int = 1) -> str:
         f"# H100 MLP table cross-check, TP {tp}",
         "",
         f"ours: `{ours_path.relative_to(ROOT)}`  ",
-        f"Vidur: `../shared/data/profiling/compute/{vidur_path.parts[-4]}/"
+        f"Vidur: `data/vidur/compute/{vidur_path.parts[-4]}/"
         f"{vidur_path.parts[-3]}/{vidur_path.parts[-2]}/mlp.csv`  ",
         f"{len(common)} common token counts ({common[0]}–{common[-1]}); ratio = ours / Vidur of "
         "the median operator time; worst = farthest from 1 (log scale).",

@@ -27,8 +27,8 @@ import numpy as np
 from rich.console import Console
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
-NETWORK_PROFILES = SHARED_DATA / "profiling" / "network" / "a100_dgx"
+DATA = ROOT / "data"  # the copies that ship with Block (data/README.md)
+NETWORK_PROFILES = DATA / "vidur" / "network" / "a100_dgx"
 CACHE = ROOT / ".cache"
 VIDUR_VENV = CACHE / "vidur-venv"
 WORK = CACHE / "vs_vidur"

@@ -50,12 +50,12 @@ from vidur_harness import (
     BATCH_CAP,
     BLOCK_SIZE,
     CHUNK_SIZE,
+    DATA,
     GPU,
     MAX_TOKENS,
     MODEL,
     NETWORK_PROFILES,
     ROOT,
-    SHARED_DATA,
     VIDUR_NUM_BLOCKS,
     VIDUR_VERSION,
     WORK,
@@ -73,7 +73,7 @@ from vidur_harness import (
     write_splitwise_trace,
 )
 
-AZURE_TRACE = SHARED_DATA / "traces" / "azure_llm_2023_conv.csv"
+AZURE_TRACE = DATA / "traces" / "azure_llm_2023_conv.csv"
 MEAN_TARGET = 0.03
 P99_TARGET = 0.05
 SPEED_TARGET = 100.0

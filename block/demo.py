@@ -30,14 +30,14 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.table import Table
 
+    from block import terminal
     from block.simulator import cluster, policies, summary, workloads
     from block.simulator.latency import LatencyModel
     from block.simulator.replica import Replica, ReplicaConfig
 
-    console = Console()
+    console = terminal.console()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     lat = LatencyModel.load("a100", "meta-llama/Llama-2-7b-hf")
@@ -99,7 +99,9 @@ def _plot(path: Path, rows: list[list[Any]]) -> None:
         ax.set_xticks(list(x), names, rotation=30, ha="right")
         ax.set_ylabel("seconds")
         ax.set_title(title)
-        ax.legend()
-    fig.tight_layout()
+    # One legend above both panels: inside an axis it covered the tallest bar.
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=len(labels), frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
     fig.savefig(path, dpi=100)
     plt.close(fig)

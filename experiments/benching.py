@@ -14,9 +14,9 @@ from block.experiments import loadgen, plans, reporting
 
 
 def main(args: argparse.Namespace) -> int:
-    from rich.console import Console
+    from block import terminal
 
-    console = Console(stderr=True)
+    console = terminal.console(stderr=True)
     if not args.url.startswith(("http://", "https://")):
         console.print(f"[red]error:[/red] --url must be an http(s) URL, got {args.url!r}")
         return 2

@@ -53,11 +53,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def compare(args: argparse.Namespace, policies: list[str], qps: float) -> int:
-    from rich.console import Console
-
+    from block import terminal
     from block.experiments import loadgen, plans, procs, reporting
 
-    console = Console(stderr=True)
+    console = terminal.console(stderr=True)
     out = Path(args.out)
     engine = procs.EngineSpec(
         chunk_tokens=args.live_chunk_size, max_num_seqs=args.live_max_num_seqs, bias=args.bias
@@ -187,8 +186,10 @@ def _plot(path: Path, rows: list[dict[str, Any]]) -> None:
         ax.set_xticks(list(x), names, rotation=20)
         ax.set_ylabel("seconds (live, at the client)")
         ax.set_title(title)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
+    # One legend above both panels: inside an axis it covered the tallest bar.
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=len(labels), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
     fig.savefig(path, dpi=100)
     plt.close(fig)
 

@@ -51,14 +51,13 @@ def error_stats(predicted: np.ndarray, actual: np.ndarray) -> dict[str, float]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
+    from block import terminal
     from block.experiments import clusters, reporting, simulating, workload
     from block.simulator import policies
 
     if not policies.make_policy(args.policy).needs_prediction:
         raise BlockError(f"policy {args.policy!r} makes no predictions")
-    console = Console(stderr=True, quiet=args.quiet)
+    console = terminal.console(stderr=True, quiet=args.quiet)
     out = Path(args.out)
     spec = clusters.from_args(args)
     pool = workload.load_pool(spec.max_model_len, args.lengths_from)

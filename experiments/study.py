@@ -40,14 +40,13 @@ class Study(NamedTuple):
 def start(args: argparse.Namespace) -> Study:
     """The pieces from the shared arguments (cluster, `--policies`, `--lengths-from`, `--out`,
     `--quiet`); heavy imports stay here so that registering the commands stays light."""
-    from rich.console import Console
-
+    from block import terminal
     from block.experiments import clusters, simulating, workload
 
     spec = clusters.from_args(args)
     pool = workload.load_pool(spec.max_model_len, args.lengths_from)
     return Study(
-        console=Console(stderr=True, quiet=args.quiet),
+        console=terminal.console(stderr=True, quiet=args.quiet),
         out=Path(args.out),
         spec=spec,
         labels=[x.strip() for x in args.policies.split(",") if x.strip()],

@@ -62,11 +62,12 @@ def write_records(path: Path, records: Sequence[RequestRecord]) -> None:
 
 
 def simulate_command(args: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.progress import Progress
     from rich.table import Table
 
-    console = Console(stderr=True)
+    from block import terminal
+
+    console = terminal.console(stderr=True)
     try:
         lat = latency_model(args)
         cfg = replica_config(args)
@@ -112,7 +113,7 @@ def simulate_command(args: argparse.Namespace) -> int:
     for key in ("ttft", "tpot", "e2e", "queue"):
         row = report[key]
         table.add_row(f"{key} (s)", *(f"{row[c]:.4f}" for c in ("mean", "p50", "p90", "p99")))
-    out = Console()
+    out = terminal.console()
     out.print(table)
     out.print(
         f"completed {report['completed']} requests, {report['throughput_rps']:.2f} req/s, "
