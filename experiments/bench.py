@@ -30,7 +30,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--workload", default="sharegpt", help="sharegpt (real text), azure-conv or arxiv sizes"
     )
-    p.add_argument("--trace", default=None, help="CSV trace (Azure or Vidur columns) to replay")
+    p.add_argument(
+        "--trace",
+        default=None,
+        help="CSV trace (Azure or Vidur columns) to replay: a file, or the name of one that "
+        "ships with Block (azure_llm_2023_conv.csv, arxiv_summarization_llama2.csv)",
+    )
     p.add_argument("--qps", type=float, default=None, help="Poisson/Gamma rate (req/s)")
     p.add_argument("--cv", type=float, default=1.0, help="gap variation: 1 Poisson, >1 bursty")
     p.add_argument("--time-scale", type=float, default=1.0, help="trace speed-up factor")

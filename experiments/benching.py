@@ -11,6 +11,7 @@ from typing import Any
 
 from block.errors import BlockError
 from block.experiments import loadgen, plans, reporting
+from block.simulator import workloads
 
 
 def main(args: argparse.Namespace) -> int:
@@ -23,7 +24,8 @@ def main(args: argparse.Namespace) -> int:
     try:
         plan = plans.plan(
             args.workload, args.requests, args.qps, args.seed, args.cv,
-            Path(args.trace) if args.trace else None, args.time_scale, args.max_model_len,
+            workloads.resolve_trace(args.trace) if args.trace else None, args.time_scale,
+            args.max_model_len,
             args.max_tokens_cap,
         )  # fmt: skip
     except BlockError as e:

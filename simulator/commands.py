@@ -51,7 +51,12 @@ def register(sub: Any) -> None:
     p.add_argument("--qps", type=float, default=10.0, help="mean arrival rate")
     p.add_argument("--cv", type=float, default=1.0, help="gap variation: 1 Poisson, >1 bursty")
     p.add_argument("--requests", type=int, default=1000)
-    p.add_argument("--trace", default=None, help="CSV trace (Azure or Vidur columns) to replay")
+    p.add_argument(
+        "--trace",
+        default=None,
+        help="CSV trace (Azure or Vidur columns) to replay: a file, or the name of one that "
+        "ships with Block (azure_llm_2023_conv.csv, arxiv_summarization_llama2.csv)",
+    )
     p.add_argument("--time-scale", type=float, default=1.0, help="trace speed-up factor")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--json", default=None, help="write the summary as JSON to this file")

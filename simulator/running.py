@@ -37,7 +37,7 @@ def latency_model(args: argparse.Namespace) -> LatencyModel:
 
 def build_requests(args: argparse.Namespace, max_model_len: int) -> tuple[list[Request], int]:
     if args.trace:
-        trace = workloads.read_trace(Path(args.trace))
+        trace = workloads.read_trace(workloads.resolve_trace(args.trace))
         return workloads.from_trace(trace, max_model_len, args.time_scale, args.requests)
     reqs = workloads.synthesize(
         args.workload, args.requests, args.qps, args.seed, max_model_len, cv=args.cv

