@@ -57,7 +57,11 @@ class ClusterSpec:
 
 
 def add_arguments(p: argparse.ArgumentParser, replicas: int = 12) -> None:
-    p.add_argument("--gpu", default="a100", help="GPU profile (a100, h100)")
+    p.add_argument(
+        "--gpu",
+        default="a100",
+        help="hardware profile: a100, h100, or a folder on BLOCK_PROFILES_DIR",
+    )
     p.add_argument("--model", default="meta-llama/Llama-2-7b-hf", help="model name or alias")
     p.add_argument("--tp", type=int, default=1, help="tensor-parallel degree")
     p.add_argument("--replicas", type=int, default=replicas, help="engine replicas")

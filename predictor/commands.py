@@ -25,7 +25,11 @@ _RENAMES = {"chunk_size": "max_num_batched_tokens"}
 def _replica_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default=None, help="listen address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="listen port")
-    p.add_argument("--gpu", default=None, help="GPU profile: a100, h100 (default a100)")
+    p.add_argument(
+        "--gpu",
+        default=None,
+        help="hardware profile: a100, h100, or a folder on BLOCK_PROFILES_DIR (default a100)",
+    )
     p.add_argument("--model", default=None, help="model (default meta-llama/Llama-2-7b-hf)")
     p.add_argument("--tp", type=int, default=None, help="tensor-parallel degree (default 1)")
     p.add_argument("--served-model-name", default=None, help="name clients use (default: model)")

@@ -10,7 +10,11 @@ SCHEDULERS = ("vllm", "sarathi")
 
 def add_engine_arguments(p: argparse.ArgumentParser) -> None:
     """Flags describing one engine replica, shared by every command that simulates one."""
-    p.add_argument("--gpu", default="a100", help="GPU profile to use (a100, h100)")
+    p.add_argument(
+        "--gpu",
+        default="a100",
+        help="hardware profile: a100, h100, or any folder on BLOCK_PROFILES_DIR",
+    )
     p.add_argument("--model", default="meta-llama/Llama-2-7b-hf", help="model name or alias")
     p.add_argument("--tp", type=int, default=1, help="tensor-parallel degree")
     p.add_argument("--scheduler", choices=SCHEDULERS, default="vllm", help="engine scheduler")

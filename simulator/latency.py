@@ -359,9 +359,10 @@ class LatencyModel:
 def roofline_attention(model: ModelShape, gpu: GpuSpec, tensor_parallel: int) -> RooflineAttention:
     q_heads = max(1, model.num_heads // tensor_parallel)
     kv_heads = max(1, model.num_kv_heads // tensor_parallel)
+    peak_flops, bandwidth = gpu.require_roofline()
     return RooflineAttention(
         flops_per_token_pair=4.0 * q_heads * model.head_dim,
         kv_bytes_per_token=2.0 * kv_heads * model.head_dim * model.dtype_bytes,
-        peak_flops=gpu.bf16_flops,
-        bandwidth=gpu.hbm_bytes_per_s,
+        peak_flops=peak_flops,
+        bandwidth=bandwidth,
     )

@@ -84,14 +84,25 @@ ALIASES: dict[str, str] = {
 
 
 def get_model(name: str) -> ModelShape:
-    """Look a model up by Hugging Face id or short alias; clear error listing what exists."""
+    """Look a model up by Hugging Face id or short alias, or read a Hugging Face `config.json`
+    (a path to the file or to its folder); clear error listing what exists."""
     if name in CATALOGUE:
         return CATALOGUE[name]
+    path = Path(name).expanduser()
+    if path.is_dir() and (path / "config.json").is_file():
+        return from_hf_config(path / "config.json")
+    if path.suffix == ".json" and path.is_file():
+        return from_hf_config(path)
     key = name.lower().removesuffix("-hf")
     if key in ALIASES:
         return CATALOGUE[ALIASES[key]]
     known = ", ".join(sorted(CATALOGUE))
-    raise ConfigError(f"unknown model {name!r}; known models: {known} (or pass a config JSON)")
+    raise ConfigError(
+        f"unknown model {name!r}; known models: {known} (or a config.json, or its folder)"
+    )
+
+
+_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float8_e4m3fn": 1}
 
 
 def from_hf_config(path: Path, name: str | None = None) -> ModelShape:
@@ -99,8 +110,11 @@ def from_hf_config(path: Path, name: str | None = None) -> ModelShape:
     try:
         cfg = json.loads(path.read_text())
         heads = int(cfg["num_attention_heads"])
+        # The name keys the profile folder (<gpu>/<org>/<model>/): the config's own id, else
+        # the model's folder.
+        default = path.parent.name if path.name == "config.json" else path.stem
         return ModelShape(
-            name=name or str(cfg.get("_name_or_path") or path.stem),
+            name=name or str(cfg.get("_name_or_path") or default),
             num_layers=int(cfg["num_hidden_layers"]),
             hidden_size=int(cfg["hidden_size"]),
             num_heads=heads,
@@ -109,6 +123,7 @@ def from_hf_config(path: Path, name: str | None = None) -> ModelShape:
             vocab_size=int(cfg["vocab_size"]),
             max_model_len=int(cfg.get("max_position_embeddings", 4096)),
             use_gated_mlp=cfg.get("hidden_act", "silu") in ("silu", "swiglu"),
+            dtype_bytes=_DTYPE_BYTES.get(str(cfg.get("torch_dtype", "bfloat16")), 2),
         )
     except (OSError, ValueError, KeyError) as e:
         raise ConfigError(f"cannot read model config {path}: {e}") from e

@@ -74,7 +74,7 @@ def kv_blocks_for_memory(
     model: ModelShape, gpu: GpuSpec, tensor_parallel: int, cfg: ReplicaConfig
 ) -> int:
     """KV blocks vLLM would get: usable memory minus weights and an activation reserve."""
-    usable = gpu.memory_bytes * cfg.gpu_memory_utilization
+    usable = gpu.require_memory() * cfg.gpu_memory_utilization
     # Peak activations of the largest batch (vLLM measures them with a dummy forward pass);
     # a few hidden-size buffers per token plus the MLP's expanded buffer, and a fixed
     # allowance for the CUDA graphs and allocator slack.
