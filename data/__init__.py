@@ -12,7 +12,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 
-# The project's own tables (profiled with `block profile gpu`), searched before Vidur's.
+# The project's own tables (profiled with `block profile`), searched before Vidur's.
 PROFILES = ROOT / "profiles"
 # Vidur's published per-operator tables (MIT): mlp.csv per GPU and model.
 VIDUR_COMPUTE = ROOT / "vidur" / "compute"

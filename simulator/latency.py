@@ -320,16 +320,21 @@ class LatencyModel:
         """
         shape = get_model(model) if isinstance(model, str) else model
         spec = get_gpu(gpu)
-        mlp_path = profiles.find_profile_file(spec.name, shape.name, "mlp.csv")
+        mlp_path = profiles.find_profile_file(spec.name, shape.name, "mlp.csv", tensor_parallel)
         if mlp_path is None:
             roots = ", ".join(str(r) for r in profiles.search_roots())
-            raise ConfigError(f"no mlp.csv for {shape.name} on {spec.name} under {roots}")
+            raise ConfigError(
+                f"no mlp.csv for {shape.name} on {spec.name} with rows for tensor parallel "
+                f"{tensor_parallel} under {roots}"
+            )
         mlp = profiles.read_mlp_table(mlp_path, tensor_parallel)
         attn_model: AttentionModel
         attn_path: Path | None = None
         mixed: _Surface | None = None
         if attention == "auto":
-            attn_path = profiles.find_profile_file(spec.name, shape.name, "attention.csv")
+            attn_path = profiles.find_profile_file(
+                spec.name, shape.name, "attention.csv", tensor_parallel
+            )
         elif attention != "analytic":
             attn_path = Path(attention)
         if attn_path is not None:

@@ -42,12 +42,28 @@ def search_roots() -> list[Path]:
     return roots
 
 
-def find_profile_file(gpu: str, model: str, filename: str) -> Path | None:
+def find_profile_file(
+    gpu: str, model: str, filename: str, tensor_parallel: int | None = None
+) -> Path | None:
+    """The first `<root>/<gpu>/<model>/<filename>` on the search path; with `tensor_parallel`,
+    the first whose table has rows at that degree (the project's H100 tables are TP 1 only,
+    Vidur's also have TP 2-8)."""
     for root in search_roots():
         path = root / gpu.lower() / model / filename
-        if path.is_file():
+        if path.is_file() and (tensor_parallel is None or _has_tp(path, tensor_parallel)):
             return path
     return None
+
+
+def _has_tp(path: Path, tensor_parallel: int) -> bool:
+    try:
+        with path.open(newline="") as f:
+            return any(
+                r.get("num_tensor_parallel_workers") == str(tensor_parallel)
+                for r in csv.DictReader(f)
+            )
+    except OSError:
+        return False
 
 
 def _rows_for_tp(path: Path, tensor_parallel: int, what: str) -> list[dict[str, str]]:

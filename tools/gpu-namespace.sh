@@ -10,7 +10,7 @@ view="${1:-${TMPDIR:-/tmp}/block-namespace}"
 rm -rf "$view"
 mkdir -p "$view/block"
 for f in "$root"/block/*; do ln -s "$f" "$view/block/$(basename "$f")"; done
-for pkg in simulator predictor scheduler estimator operator profiler; do
+for pkg in simulator predictor scheduler estimator operator profiler experiments data; do
   [ -d "$root/$pkg" ] && ln -s "$root/$pkg" "$view/block/$pkg"
 done
 echo "$view"

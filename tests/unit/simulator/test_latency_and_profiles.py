@@ -113,3 +113,14 @@ def test_tensor_parallel_without_network_table_is_a_clear_error(
     monkeypatch.setenv("BLOCK_PROFILES_DIR", str(tmp_path / "mine"))
     model = LatencyModel.load("a100", "meta-llama/Llama-2-70b-hf", tensor_parallel=2)
     assert str(model.describe()["all_reduce_profile"]).startswith(str(node))
+
+
+def test_tables_without_the_tensor_parallel_degree_are_passed_over() -> None:
+    # The project's H100 tables are TP 1 only; Vidur's H100 Llama-2-7B table has TP 2.
+    one = LatencyModel.load("h100", "meta-llama/Llama-2-7b-hf")
+    two = LatencyModel.load("h100", "meta-llama/Llama-2-7b-hf", tensor_parallel=2)
+    assert "/data/profiles/h100/" in str(one.mlp_source)
+    assert "/vidur/compute/h100/" in str(two.mlp_source)
+    assert two.attention_label == ANALYTIC_ATTENTION  # the measured attention is TP 1 only
+    with pytest.raises(ConfigError, match="with rows for tensor parallel 3"):
+        LatencyModel.load("h100", "meta-llama/Llama-2-7b-hf", tensor_parallel=3)
