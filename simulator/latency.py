@@ -12,8 +12,9 @@ for this (GPU, model), otherwise from an analytic roofline model that every outp
 from __future__ import annotations
 
 import bisect
+import copy
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -216,7 +217,9 @@ class LatencyModel:
         self._decode_base: list[float] = []  # per batch size: everything but decode attention
         # Decode attention measured inside launches that also run a prefill chunk (GQA models
         # lose their KV-head sharing there); f(batch, KV per sequence), seconds per layer.
-        self.mixed_decode = mixed_decode
+        self.mixed_decode: Callable[[float, float], float] | None = mixed_decode
+        # Set on copies fitted to an engine (block.simulator.calibration): their coefficients.
+        self.calibration: str | None = None
 
     @property
     def attention_label(self) -> str:
@@ -233,7 +236,33 @@ class LatencyModel:
             "mixed_step_decode_table": self.mixed_decode is not None,
             "step_overhead_s": self.overheads.step_s,
             "per_seq_overhead_s": self.overheads.per_seq_s,
+            "calibration": self.calibration,
         }
+
+    def rebuilt(
+        self,
+        *,
+        mlp_scale: float,
+        mlp_per_token_s: float,
+        attention: AttentionModel,
+        overheads: Overheads,
+        mixed_decode: Callable[[float, float], float] | None,
+        calibration: str,
+    ) -> LatencyModel:
+        """A copy whose per-layer non-attention time is `mlp_scale x table + mlp_per_token_s x
+        tokens`, with new attention, overheads and mixed-launch decode (block.simulator.
+        calibration builds them); nothing mutable is shared with `self`."""
+        out = copy.copy(self)
+        lut = np.asarray(self._mlp_lut)
+        new = mlp_scale * lut + mlp_per_token_s * np.arange(len(lut), dtype=float)
+        new[0] = 0.0
+        out._mlp_lut = new.tolist()
+        out.attention = attention
+        out.overheads = overheads
+        out.mixed_decode = mixed_decode
+        out._decode_base = []
+        out.calibration = calibration
+        return out
 
     def mlp_layer_s(self, num_tokens: int) -> float:
         if num_tokens <= self._max_tokens:
