@@ -106,6 +106,10 @@ def register(sub: Any) -> None:
         "--no-trust-ignore-eos", dest="trust_ignore_eos", action="store_const", const=False,
         default=None, help="do not treat max_tokens with ignore_eos as the known length",
     )  # fmt: skip
+    pred.add_argument(
+        "--no-calibrate", dest="calibrate", action="store_const", const=False, default=None,
+        help="do not refit the step-time model to the engine's observed steps (the profile only)",
+    )  # fmt: skip
     pred.set_defaults(handler=_predictor)
 
 

@@ -196,6 +196,69 @@ PREDICTOR_GAUGES = {
 }
 
 
+@dataclass(frozen=True, slots=True)
+class CalibrationFigures:
+    """The online step-model fit as the sidecar exports it."""
+
+    coefficients: dict[str, float]
+    fit_error: float | None
+    step_error: float | None
+    clean_steps: int
+    skipped_steps: dict[str, int]
+    refits: int
+
+
+class CalibrationCollector(Collector):
+    """`block_predictor_step_model_*`: the fitted coefficients, the fit's error, the error of
+    recent step predictions and how many observed steps were usable."""
+
+    def __init__(self, figures: Callable[[], CalibrationFigures | None]) -> None:
+        self._figures = figures
+
+    def collect(self) -> Iterator[Metric]:
+        f = self._figures()
+        if f is None:
+            return
+        coef = GaugeMetricFamily(
+            "block_predictor_step_model_coefficient",
+            "Fitted step-time model: step_s = profile x profile_time + constant_s + "
+            "per_token_s x tokens + per_sequence_s x sequences + per_decode_kv_token_s x "
+            "decode KV + per_prefill_pair_s x prefill pairs (term: which coefficient).",
+            labels=["term"],
+        )
+        for term, value in f.coefficients.items():
+            coef.add_metric([term], value)
+        yield coef
+        if f.fit_error is not None:
+            yield GaugeMetricFamily(
+                "block_predictor_step_model_fit_error_ratio",
+                "Weighted median |fitted - observed| / observed over the fit's window.",
+                value=f.fit_error,
+            )
+        if f.step_error is not None:
+            yield GaugeMetricFamily(
+                "block_predictor_step_prediction_error_ratio",
+                "Median |predicted - observed| / observed step time of the last 200 clean "
+                "steps, each predicted by the model in use when it ran.",
+                value=f.step_error,
+            )
+        steps = CounterMetricFamily(
+            "block_predictor_observed_steps",
+            "Engine steps seen in the streamed tokens, by result (clean: used by the fit; "
+            "else why not).",
+            labels=["result"],
+        )
+        steps.add_metric(["clean"], f.clean_steps)
+        for reason, n in sorted(f.skipped_steps.items()):
+            steps.add_metric([reason], n)
+        yield steps
+        yield CounterMetricFamily(
+            "block_predictor_step_model_refits",
+            "Times the step-time model was refitted.",
+            value=f.refits,
+        )
+
+
 @dataclass(frozen=True)
 class PredictorMetrics:
     registry: CollectorRegistry
@@ -212,9 +275,14 @@ class PredictorMetrics:
     scrapes: Counter
 
     @classmethod
-    def create(cls, gauges: Gauges) -> PredictorMetrics:
+    def create(
+        cls,
+        gauges: Gauges,
+        calibration: Callable[[], CalibrationFigures | None] = lambda: None,
+    ) -> PredictorMetrics:
         r = CollectorRegistry()
         r.register(GaugeCollector(PREDICTOR_GAUGES, gauges, {}))
+        r.register(CalibrationCollector(calibration))
         return cls(
             registry=r,
             predict_seconds=Histogram(

@@ -28,8 +28,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from block.errors import Unavailable
 from block.predictor import problems, proxying
+from block.predictor.calibrating import Calibrator
 from block.predictor.lengths import LengthDistribution
-from block.predictor.metrics import PredictorMetrics
+from block.predictor.metrics import CalibrationFigures, PredictorMetrics
 from block.predictor.reconciling import EngineFigures, Scraper
 from block.predictor.settings import PredictorSettings
 from block.predictor.tokens import Tokens
@@ -61,7 +62,8 @@ class Sidecar:
     ) -> None:
         self.settings = settings
         self.twin = twin
-        self.metrics = PredictorMetrics.create(self._gauges)
+        self.calibrator = Calibrator(twin) if settings.calibrate else None
+        self.metrics = PredictorMetrics.create(self._gauges, self._calibration)
         self.proxy = proxying.Proxy(settings, twin, tokens, session, self.metrics)
         self.scraper = Scraper(session, settings.engine_url, settings.connect_timeout_s)
         self.drift: EngineLoad | None = None
@@ -120,6 +122,19 @@ class Sidecar:
         )
 
     # ------------------------------------------------------------------ views
+    def _calibration(self) -> CalibrationFigures | None:
+        cal = self.calibrator
+        if cal is None:
+            return None
+        return CalibrationFigures(
+            coefficients=cal.coefficients(),
+            fit_error=cal.fit.fit_error,
+            step_error=cal.median_recent_error(),
+            clean_steps=cal.observer.counts.clean,
+            skipped_steps=dict(cal.observer.counts.skipped),
+            refits=cal.fit.refits,
+        )
+
     def _gauges(self) -> dict[str, float]:
         twin = self.twin
         twin.settle()

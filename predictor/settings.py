@@ -91,6 +91,9 @@ class PredictorSettings(ReplicaSettings):
     # Requests with ignore_eos generate exactly max_tokens: treat that as the known length.
     # Benchmarks turn it off to hide true lengths from the twin.
     trust_ignore_eos: bool = True
+    # Refit the step-time model to the engine's streamed steps as traffic flows, starting from
+    # the profile (block.predictor.calibrating). Off: the profile alone, as configured.
+    calibrate: bool = True
     max_body_bytes: Annotated[int, Field(ge=1024)] = 8 * 2**20
     log_level: str = "INFO"
 

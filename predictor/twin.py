@@ -56,6 +56,7 @@ class Tracked:
     extended: int = 0
     done: bool = field(default=False)
     block_hashes: tuple[int, ...] | None = None  # the prompt's prefix-cache hash chain
+    cached_tokens: int = 0  # prompt tokens the twin expected the engine's prefix cache to hold
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +84,8 @@ class TwinLoad:
 
 
 Clock = Callable[[], float]
+# Called before a streamed token is counted: (request, now, tokens). The calibrator listens.
+TokenHook = Callable[[Tracked, float, int], None]
 
 
 class LiveTwin:
@@ -109,6 +112,7 @@ class LiveTwin:
         self.last_heard_s = -math.inf  # when the engine last sent anything
         self.num_extensions = 0
         self.num_resyncs = 0
+        self.on_token: TokenHook | None = None
 
     # ------------------------------------------------------------------ clock
     def now(self) -> float:
@@ -119,6 +123,15 @@ class LiveTwin:
 
     def state_age_s(self) -> float:
         return max(0.0, self.now() - self.last_heard_s)
+
+    @property
+    def latency(self) -> LatencyModel:
+        return self.replica.latency
+
+    def set_latency(self, latency: LatencyModel) -> None:
+        """Simulate with another step model from now on (a fit to the engine's real steps);
+        the step in flight keeps the duration it was given."""
+        self.replica.latency = latency
 
     def reconfigure(self, config: ReplicaConfig) -> bool:
         """Adopt the engine's real settings (e.g. its KV blocks); only while nothing is in
@@ -181,6 +194,8 @@ class LiveTwin:
             return None
         t = Tracked(rid, arrival, prompt_tokens, cap, output_tokens, exact, streaming)
         t.block_hashes = block_hashes
+        if block_hashes:
+            t.cached_tokens = self.prefix_hit_tokens(prompt_tokens, block_hashes)
         if predict:
             # Forking costs a few µs; the prediction itself (up to ~1 ms under load) is made
             # off the request path by `predict_arrival`, once the request is on its way.
@@ -204,6 +219,10 @@ class LiveTwin:
     def token(self, t: Tracked, count: int = 1, first_at_s: float | None = None) -> None:
         """`count` more tokens streamed; `first_at_s`: when the first came, if before now."""
         now = self.now()
+        if self.on_token is not None and first_at_s is None:
+            # Tokens held back until the prompt was counted arrived earlier than now: their
+            # time is not this step's, so they are not shown to the listener.
+            self.on_token(t, now, count)
         if t.first_token_s is None:
             t.first_token_s = now if first_at_s is None else first_at_s
         t.streamed += count

@@ -1,0 +1,74 @@
+"""Online calibration: the sidecar refits its step-time model to the engine it proxies.
+
+The twin knows what the engine is running; the streamed tokens tell when each step ended
+(`block.predictor.steps`). Every clean step is an observation for `StepFit`
+(`block.simulator.calibration`); after each refit the twin simulates with the fitted model, so
+predictions follow the engine that is really there (a different GPU than the profile, an
+upgraded engine, a CPU build) and its drift (warm-up, neighbours). The fit always starts from
+the configured profile, which is also its prior.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+
+from block.predictor.steps import ObservedStep, Seen, StepObserver
+from block.predictor.twin import LiveTwin, Tracked
+from block.simulator.calibration import FEATURES, StepFit, calibrated, features
+from block.simulator.latency import LatencyModel
+
+logger = logging.getLogger(__name__)
+
+
+class Calibrator:
+    """Feeds the twin's token events to a step observer and the steps to the fit."""
+
+    def __init__(self, twin: LiveTwin, fit: StepFit | None = None) -> None:
+        self.twin = twin
+        self.base: LatencyModel = twin.latency
+        self.fit = fit if fit is not None else StepFit()
+        self.observer = StepObserver(twin.replica.config.max_num_batched_tokens)
+        # predicted / observed time of recent steps, by the model in use when they ran.
+        self.recent_ratios: deque[float] = deque(maxlen=200)
+        twin.on_token = self._token
+
+    def _token(self, t: Tracked, now: float, count: int) -> None:
+        me = Seen(t.streaming, t.streamed, t.arrival_s, t.prompt_tokens, t.cached_tokens)
+        step = self.observer.token(t.rid, now, count, me, self._in_flight)
+        if step is not None:
+            self.observe(step)
+
+    def _in_flight(self) -> dict[int, Seen]:
+        return {
+            rid: Seen(t.streaming, t.streamed, t.arrival_s, t.prompt_tokens, t.cached_tokens)
+            for rid, t in self.twin.requests.items()
+        }
+
+    def observe(self, step: ObservedStep) -> None:
+        shape, seconds = step.shape, step.seconds
+        self.recent_ratios.append(shape.profile_s(self.twin.latency) / seconds)
+        if self.fit.observe(features(shape, shape.profile_s(self.base)), seconds):
+            self.twin.set_latency(calibrated(self.base, self.fit.coefficients))
+            if self.fit.refits in (1, 10) or self.fit.refits % 100 == 0:
+                logger.info(
+                    "step model refit %d on %d steps: %s (fit error %.1f %%)",
+                    self.fit.refits, len(self.fit), self.twin.latency.calibration,
+                    100 * (self.fit.fit_error or 0.0),
+                )  # fmt: skip
+
+    def coefficients(self) -> dict[str, float]:
+        return dict(zip(FEATURES, self.fit.coefficients.as_tuple(), strict=True))
+
+    def median_recent_error(self) -> float | None:
+        """Median |predicted / observed - 1| of recent steps (timing jitter included)."""
+        if not self.recent_ratios:
+            return None
+        errors = sorted(abs(r - 1.0) for r in self.recent_ratios)
+        return errors[len(errors) // 2]
+
+    def median_recent_ratio(self) -> float | None:
+        """Median predicted / observed of recent steps: 1 when the model has no bias."""
+        if not self.recent_ratios:
+            return None
+        return sorted(self.recent_ratios)[len(self.recent_ratios) // 2]
