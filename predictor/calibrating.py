@@ -1,7 +1,7 @@
 """Online calibration: the sidecar refits its step-time model to the engine it proxies.
 
 The twin knows what the engine is running; the streamed tokens tell when each step ended
-(`block.predictor.steps`). Every clean step is an observation for `StepFit`
+(`block.simulator.observed_steps`). Every clean step is an observation for `StepFit`
 (`block.simulator.calibration`); after each refit the twin simulates with the fitted model, so
 predictions follow the engine that is really there (a different GPU than the profile, an
 upgraded engine, a CPU build) and its drift (warm-up, neighbours). The fit always starts from
@@ -13,10 +13,10 @@ from __future__ import annotations
 import logging
 from collections import deque
 
-from block.predictor.steps import ObservedStep, Seen, StepObserver
 from block.predictor.twin import LiveTwin, Tracked
 from block.simulator.calibration import FEATURES, StepFit, calibrated, features
 from block.simulator.latency import LatencyModel
+from block.simulator.observed_steps import ObservedStep, Seen, StepObserver
 
 logger = logging.getLogger(__name__)
 

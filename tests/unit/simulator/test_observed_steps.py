@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from block.predictor.steps import ObservedStep, Seen, StepObserver
+from block.simulator.observed_steps import ObservedStep, Seen, StepObserver
 
 
 @dataclass

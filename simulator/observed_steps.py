@@ -4,9 +4,9 @@ An engine emits one token per running sequence at the end of every step, so the 
 tokens of different streams arrive in bursts, one burst per step. The gap between the starts of
 two bursts is the later step's duration, and the burst says what the step computed: a decode
 for every request that had tokens already, a finished prefill for every request whose first
-token it carries. That is the observation the online fit of the step model needs
-(`block.simulator.calibration`), taken from the engine the sidecar stands in front of, with no
-hook inside it.
+token it carries. That is the observation the fit of the step model needs
+(`block.simulator.calibration`), taken from outside the engine with no hook inside it: by the
+sidecar as traffic flows, and by `block profile engine` from the work it sends.
 
 Only *clean* steps are reported, where what is visible is all the step did:
 - every request that was decoding produced exactly one token in the burst;
