@@ -131,7 +131,9 @@ def fit(
     huber_k: float = 2.0,
 ) -> tuple[Coefficients, float]:
     """Weighted ridge regression toward `prior` with Huber reweighting; the residual scale is
-    relative (steps range over orders of magnitude, so errors are judged as fractions).
+    relative (steps range over orders of magnitude, so errors are judged as fractions). Every
+    coefficient is kept >= 0 (a negative cost would make some step take negative time): one
+    that comes out negative is pinned to 0 and the rest refitted.
 
     Returns the coefficients and the fit's error: the weighted median of the absolute relative
     errors over the observations (a median, so that a few stalled steps do not hide how well
@@ -145,15 +147,23 @@ def fit(
     rel = 1.0 / np.maximum(y, 1e-6)
     robust = np.ones(len(y))
     beta = w0.copy()
-    identity = np.eye(x.shape[1])
-    for _ in range(iterations):
+    pinned = np.zeros(x.shape[1], dtype=bool)
+    for _ in range(iterations + x.shape[1]):
         ww = w * robust * rel**2
-        a = (x.T * ww) @ x + ridge * identity
-        b = (x.T * ww) @ y + ridge * w0
+        # A pinned coefficient gets an overwhelming ridge toward 0.
+        penalty = np.where(pinned, 1e12, ridge)
+        target = np.where(pinned, 0.0, w0)
+        a = (x.T * ww) @ x + np.diag(penalty)
+        b = (x.T * ww) @ y + penalty * target
         beta = np.linalg.solve(a, b)
+        negative = (beta < 0) & ~pinned
+        if negative.any():
+            pinned |= negative
+            continue
         r = (x @ beta - y) * rel
         scale = 1.4826 * float(np.median(np.abs(r))) + 1e-3
         robust = np.minimum(1.0, huber_k * scale / np.maximum(np.abs(r), 1e-12))
+    beta = np.maximum(beta, 0.0)
     errors = np.abs((x @ beta - y) * rel)
     order = np.argsort(errors)
     cumulative = np.cumsum(w[order])
