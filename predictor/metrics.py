@@ -223,7 +223,8 @@ class CalibrationCollector(Collector):
             "block_predictor_step_model_coefficient",
             "Fitted step-time model: step_s = profile x profile_time + constant_s + "
             "per_token_s x tokens + per_sequence_s x sequences + per_decode_kv_token_s x "
-            "decode KV + per_prefill_pair_s x prefill pairs (term: which coefficient).",
+            "decode KV + per_prefill_pair_s x prefill pairs + per_prefill_chunk_s x prefill "
+            "chunks (term: which coefficient).",
             labels=["term"],
         )
         for term, value in f.coefficients.items():

@@ -149,15 +149,16 @@ def _handle_engine(args: argparse.Namespace) -> int:
     c = result.coefficients
     held = (
         "n/a" if result.held_out_error is None
-        else f"{100 * result.held_out_error:.1f} % median, {100 * (result.held_out_p90 or 0):.1f} "
-        "% p90"
+        else f"{100 * result.held_out_error:.1f} % median, {100 * (result.held_out_max or 0):.1f} "
+        "% worst of the held-back probes"
     )  # fmt: skip
     console.print(
         f"profiled {args.url} in {result.seconds:.0f} s: {result.steps} clean steps from "
         f"{result.probes} probes; step = {1e3 * c.constant_s:.2f} ms + "
         f"{1e6 * c.per_token_s:.1f} us/token + {1e6 * c.per_sequence_s:.1f} us/sequence + "
         f"{1e9 * c.per_decode_kv_token_s:.2f} ns/KV token + {1e12 * c.per_prefill_pair_s:.2f} "
-        f"ps/prefill pair; fit error {100 * result.fit_error:.1f} % median, held-out {held}; "
+        f"ps/prefill pair + {1e3 * c.per_prefill_chunk_s:.2f} ms/prefill; fit error "
+        f"{100 * result.fit_error:.1f} % median, held-out {held}; "
         f"tables in {result.out_dir}"
     )
     return 0

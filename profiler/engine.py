@@ -20,6 +20,7 @@ steps it never saw, then the model is refitted on everything and written as Vidu
 from __future__ import annotations
 
 import asyncio
+import csv
 import json
 import logging
 import random
@@ -34,13 +35,13 @@ import numpy as np
 
 from block.errors import ConfigError, UpstreamError
 from block.profiler import engine_tables, tables
-from block.simulator.calibration import Coefficients, fit
+from block.simulator.calibration import FEATURES, Coefficients, features, fit
 from block.simulator.models import ModelShape
 from block.simulator.observed_steps import ObservedStep, Seen, StepObserver
 
 logger = logging.getLogger(__name__)
 
-NO_PROFILE = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0)  # prior: no profile, no cost
+NO_PROFILE = (0.0,) * 7  # prior: no profile, no cost
 
 
 @dataclass(frozen=True)
@@ -82,8 +83,8 @@ class _Probe:
 class EngineProfile:
     coefficients: Coefficients
     fit_error: float
-    held_out_error: float | None  # median |predicted / measured - 1| on held-back probes
-    held_out_p90: float | None
+    held_out_error: float | None  # median over held-back probes of |predicted / measured - 1|
+    held_out_max: float | None  # the largest of them
     steps: int
     probes: int
     seconds: float
@@ -237,11 +238,11 @@ async def _run(
             f"only {len(steps)} clean steps observed (skipped: {observer.counts.skipped}): does "
             "the engine stream one event per token?"
         )
-    held_err, held_p90 = _held_out(probes, req)
+    held_err, held_max = _held_out(probes, req)
     coefs, fit_error = _fit(steps)
-    _write(req, coefs, fit_error, held_err, held_p90, steps, probes, block_size, budget, model)
+    _write(req, coefs, fit_error, held_err, held_max, steps, probes, block_size, budget, model)
     return EngineProfile(
-        coefs, fit_error, held_err, held_p90, len(steps), len(probes),
+        coefs, fit_error, held_err, held_max, len(steps), len(probes),
         time.monotonic() - started, req.out_dir,
     )  # fmt: skip
 
@@ -289,8 +290,6 @@ def _plan(
 
 
 def _rows(steps: Sequence[ObservedStep]) -> tuple[np.ndarray, np.ndarray]:
-    from block.simulator.calibration import features
-
     rows = np.array([features(s.shape, 0.0) for s in steps])
     return rows, np.array([s.seconds for s in steps])
 
@@ -303,8 +302,10 @@ def _fit(steps: Sequence[ObservedStep]) -> tuple[Coefficients, float]:
 def _held_out(
     probes: Sequence[_Probe], req: EngineProfileRequest
 ) -> tuple[float | None, float | None]:
-    """Fit without a share of the decode probes (and of the prefill steps), then predict
-    them: the error on steps of configurations the fit never saw."""
+    """Fit without a share of the decode probes, then predict them: for each held-back probe
+    (a batch size and KV length the fit never saw), the median measured step against the
+    median predicted one, as a profile's table point is a median of repeats. Returns the median
+    and the largest of those errors."""
     rng = random.Random(req.seed + 1)
     decode = [p for p in probes if p.kind == "decode" and p.steps]
     if len(decode) < 5:
@@ -317,9 +318,12 @@ def _held_out(
     if len(train) < 20 or not test:
         return None, None
     coefs, _ = _fit(train)
-    rows, seconds = _rows(test)
-    errors = np.abs(rows @ np.array(coefs.as_tuple()) / seconds - 1.0)
-    return float(np.median(errors)), float(np.quantile(errors, 0.9))
+    errors = []
+    for p in decode[:k]:
+        rows, seconds = _rows(p.steps)
+        predicted = rows @ np.array(coefs.as_tuple())
+        errors.append(abs(float(np.median(predicted)) / float(np.median(seconds)) - 1.0))
+    return float(np.median(errors)), float(max(errors))
 
 
 def _write(
@@ -327,7 +331,7 @@ def _write(
     coefs: Coefficients,
     fit_error: float,
     held_err: float | None,
-    held_p90: float | None,
+    held_max: float | None,
     steps: Sequence[ObservedStep],
     probes: Sequence[_Probe],
     block_size: int,
@@ -342,6 +346,17 @@ def _write(
         out / "attention.csv",
         engine_tables.attention_rows(shape, coefs, block_size, max_batch, budget),
     )
+    # Every observation, for plots and for refits by other means.
+    with (out / "steps.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["probe", "seconds", "num_decode", "decode_kv_total", "prefill_tokens",
+                    "prefill_pairs", "fitted_seconds"])  # fmt: skip
+        for p in probes:
+            for s in p.steps:
+                fitted = coefs.predict(features(s.shape, 0.0))
+                w.writerow([p.label, f"{s.seconds:.6f}", s.shape.num_decode,
+                            s.shape.decode_kv_total, s.shape.num_tokens - s.shape.num_decode,
+                            f"{s.shape.prefill_pairs:.0f}", f"{fitted:.6f}"])  # fmt: skip
     (out / "overhead.json").write_text(json.dumps(engine_tables.overheads(coefs), indent=2) + "\n")
     tables.write_meta(
         out / "meta.json",
@@ -356,23 +371,10 @@ def _write(
                 "max_model_len": shape.max_model_len,
             },
             "date": datetime.now(UTC).isoformat(timespec="seconds"),
-            "coefficients": dict(
-                zip(
-                    (
-                        "profile",
-                        "constant_s",
-                        "per_token_s",
-                        "per_sequence_s",
-                        "per_decode_kv_token_s",
-                        "per_prefill_pair_s",
-                    ),
-                    coefs.as_tuple(),
-                    strict=True,
-                )
-            ),
+            "coefficients": dict(zip(FEATURES, coefs.as_tuple(), strict=True)),
             "fit_error_median": fit_error,
             "held_out_error_median": held_err,
-            "held_out_error_p90": held_p90,
+            "held_out_error_max": held_max,
             "clean_steps": len(steps),
             "probes": [{"label": p.label, "steps": len(p.steps)} for p in probes],
             "block_size": block_size,

@@ -9,7 +9,7 @@ interpolation where it is not (the prefill pairs are quadratic in the chunk):
 - `mlp.csv`: per-layer non-attention time = per_token_s x tokens / layers (all of it in the
   `mlp_up_proj` column, every other operator 0: a black box has no operators);
 - `attention.csv`: decode rows per_decode_kv_token_s x KV / layers, prefill rows
-  per_prefill_pair_s x pairs / layers, no KV-cache save;
+  (per_prefill_pair_s x pairs + per_prefill_chunk_s) / layers, no KV-cache save;
 - `overhead.json`: the constant and the per-sequence cost as the step and per-sequence overheads.
 """
 
@@ -91,7 +91,7 @@ def attention_rows(
             if kv + chunk > max_len:
                 continue
             pairs = chunk * (kv + (chunk + 1) / 2)
-            ms = c.per_prefill_pair_s * pairs / layers * 1e3
+            ms = (c.per_prefill_pair_s * pairs + c.per_prefill_chunk_s) / layers * 1e3
             out.append(row(1, chunk, kv, True, "attn_prefill", ms))
     batches = sorted({1, 2, 4, 8, 16, 32, 64, 128, 256, max_batch})
     for batch in batches:

@@ -6,10 +6,12 @@ step's time is close to linear in a few features of the step's composition, so t
 here is
 
     step_s = w_profile * profile(step) + w_const + w_tokens * T + w_seqs * S
-             + w_kv * decode_KV + w_attn * prefill_attention_pairs
+             + w_kv * decode_KV + w_attn * prefill_attention_pairs + w_chunk * P
 
-with T the step's tokens, S its sequences, decode_KV the cached tokens its decodes read, and the
-prefill term the (query, key) pairs of its prefill chunks. The prior is the profile itself
+with T the step's tokens, S its sequences, decode_KV the cached tokens its decodes read, the
+prefill term the (query, key) pairs of its prefill chunks and P the number of those chunks
+(a prefill costs a fixed amount beside its tokens: other kernels, e.g. on vLLM's CPU build
+about 5 ms for any prompt past a few tokens). The prior is the profile itself
 (w_profile = 1, the rest 0): with few or one-sided observations the fit stays near it, and
 enough varied ones replace it entirely. `calibrated()` turns coefficients into an ordinary
 `LatencyModel` (tables, attention and overheads adjusted), so the replica, forks and the fast
@@ -38,12 +40,13 @@ FEATURES: tuple[str, ...] = (
     "per_sequence_s",
     "per_decode_kv_token_s",
     "per_prefill_pair_s",
+    "per_prefill_chunk_s",
 )
 # Columns are fitted in units where a coefficient of 1 adds about a step's worth of time
 # (10 ms; 10 µs a token, 100 µs a sequence...), so the ridge penalty weighs every direction
 # alike; `Coefficients` are per natural unit (seconds per token, ...).
-_SCALE = np.array([1.0, 1e-2, 1e-5, 1e-4, 1e-8, 1e-10])
-PRIOR = (1.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+_SCALE = np.array([1.0, 1e-2, 1e-5, 1e-4, 1e-8, 1e-10, 1e-3])
+PRIOR = (1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +87,7 @@ def features(shape: StepShape, profile_s: float) -> np.ndarray:
             float(shape.num_seqs),
             float(shape.decode_kv_total),
             shape.prefill_pairs,
+            float(len(shape.prefill)),
         ]
     )
 
@@ -98,6 +102,7 @@ class Coefficients:
     per_sequence_s: float
     per_decode_kv_token_s: float
     per_prefill_pair_s: float
+    per_prefill_chunk_s: float = 0.0
 
     @classmethod
     def prior(cls) -> Coefficients:
@@ -115,6 +120,7 @@ class Coefficients:
             self.per_sequence_s,
             self.per_decode_kv_token_s,
             self.per_prefill_pair_s,
+            self.per_prefill_chunk_s,
         )
 
     def predict(self, row: np.ndarray) -> float:
@@ -233,10 +239,12 @@ class _CalibratedAttention:
         self._w = c.profile
         self._kv = c.per_decode_kv_token_s / layers
         self._pair = c.per_prefill_pair_s / layers
+        self._chunk = c.per_prefill_chunk_s / layers
 
     def prefill_s(self, chunk_tokens: int, kv_before: int) -> float:
         pairs = chunk_tokens * (kv_before + (chunk_tokens + 1) / 2)
-        return self._w * self._base.prefill_s(chunk_tokens, kv_before) + self._pair * pairs
+        base = self._base.prefill_s(chunk_tokens, kv_before)
+        return self._w * base + self._pair * pairs + self._chunk
 
     def decode_s(self, num_seqs: int, kv_total: int) -> float:
         return self._w * self._base.decode_s(num_seqs, kv_total) + self._kv * kv_total

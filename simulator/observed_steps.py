@@ -13,7 +13,8 @@ Only *clean* steps are reported, where what is visible is all the step did:
 - no request that could have been scheduled was left without a token (it may have prefilled a
   chunk of a long prompt, which no stream shows), and no unstreamed request was in flight;
 - a first token comes from a prompt that fits the step's token budget beside the decodes.
-Steps after an idle spell are skipped (their start is unknown).
+Steps after an idle spell are skipped (their start is unknown), and so is a step whose prefill
+belongs to a request sent after the previous burst: the engine may have idled until it came.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class _Member:
     streamed_before: int
     prompt_tokens: int
     cached_tokens: int
+    arrival_s: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +112,9 @@ class StepObserver:
         self._last = now
         member = self._members.get(rid)
         if member is None:
-            self._members[rid] = _Member(count, me.streamed, me.prompt_tokens, me.cached_tokens)
+            self._members[rid] = _Member(
+                count, me.streamed, me.prompt_tokens, me.cached_tokens, me.arrival_s
+            )
         else:
             member.count += count
         return closed
@@ -166,6 +170,8 @@ class StepObserver:
         for rid, m in members.items():
             if m.streamed_before > 0 and rid not in decoding:
                 return "missing_decode"
+            if m.streamed_before == 0 and m.arrival_s > step_start and not decoding:
+                return "after_idle"
         for rid, s in seen.items():
             if rid in members:
                 continue

@@ -22,7 +22,7 @@ from block.simulator.replica import Replica, ReplicaConfig
 from block.simulator.requests import Request
 
 # An "engine" unlike the A100 profile: half its profile time plus a CPU-like linear part.
-ENGINE = Coefficients(0.3, 1e-2, 1e-4, 2e-4, 1e-7, 5e-10)
+ENGINE = Coefficients(0.3, 1e-2, 1e-4, 2e-4, 1e-7, 5e-10, 3e-3)
 
 
 def _shapes(n: int, seed: int) -> list[StepShape]:
