@@ -50,6 +50,10 @@ def _replica_flags(p: argparse.ArgumentParser) -> None:
         help="KV-cache blocks (default: engine twin from GPU memory; sidecar from the engine)",
     )
     p.add_argument("--block-size", type=int, default=None, help="tokens per KV block (16)")
+    p.add_argument(
+        "--no-enable-prefix-caching", dest="enable_prefix_caching", action="store_const",
+        const=False, default=None, help="the engine runs without automatic prefix caching",
+    )  # fmt: skip
     p.add_argument("--max-model-len", type=int, default=None, help="context (default: model's)")
     p.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING (default INFO)")
 

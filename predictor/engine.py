@@ -95,6 +95,7 @@ class EngineTwin:
             {
                 "block_size": str(load.block_size),
                 "num_gpu_blocks": str(load.num_blocks),
+                "enable_prefix_caching": str(settings.enable_prefix_caching),
                 "model_name": self.model_name,
             },
         )
@@ -410,6 +411,7 @@ def build_engine(settings: EngineSettings, base: LatencyModel | None = None) -> 
         block_size=settings.block_size,
         num_blocks=settings.num_blocks,
         max_model_len=settings.max_model_len,
+        enable_prefix_caching=settings.enable_prefix_caching,
     )
     return SimulatedEngine(latency, config)
 

@@ -260,6 +260,23 @@ class CalibrationCollector(Collector):
         )
 
 
+class LabelledGauges(Collector):
+    """One gauge family with one label, its values read at scrape time."""
+
+    def __init__(
+        self, name: str, doc: str, label: str, values: Callable[[], dict[str, float]]
+    ) -> None:
+        self._name, self._doc, self._label, self._values = name, doc, label, values
+
+    def collect(self) -> Iterator[Metric]:
+        values = self._values()
+        if values:
+            g = GaugeMetricFamily(self._name, self._doc, labels=[self._label])
+            for key, value in sorted(values.items()):
+                g.add_metric([key], value)
+            yield g
+
+
 @dataclass(frozen=True)
 class PredictorMetrics:
     registry: CollectorRegistry
@@ -280,10 +297,21 @@ class PredictorMetrics:
         cls,
         gauges: Gauges,
         calibration: Callable[[], CalibrationFigures | None] = lambda: None,
+        mismatches: Callable[[], dict[str, float]] = dict,
     ) -> PredictorMetrics:
         r = CollectorRegistry()
         r.register(GaugeCollector(PREDICTOR_GAUGES, gauges, {}))
         r.register(CalibrationCollector(calibration))
+        r.register(
+            LabelledGauges(
+                "block_predictor_engine_config_mismatch",
+                "1 while a scheduler setting configured for the sidecar differs from what the "
+                "engine reports (block_size, num_blocks, enable_prefix_caching), or the engine "
+                "runs more sequences than max_num_seqs allows.",
+                "setting",
+                mismatches,
+            )
+        )
         return cls(
             registry=r,
             predict_seconds=Histogram(

@@ -37,6 +37,7 @@ class EngineFigures:
     kv_used_ratio: float | None
     num_blocks: int | None  # from vllm:cache_config_info, when exposed
     block_size: int | None
+    prefix_caching: bool | None = None
 
 
 def parse_vllm_metrics(text: str) -> EngineFigures:
@@ -45,6 +46,7 @@ def parse_vllm_metrics(text: str) -> EngineFigures:
     kv: dict[str, list[float]] = {}
     num_blocks: int | None = None
     block_size: int | None = None
+    prefix_caching: bool | None = None
     seen = False
     for line in text.splitlines():
         if not line.startswith("vllm:"):
@@ -73,6 +75,9 @@ def parse_vllm_metrics(text: str) -> EngineFigures:
             found = dict(_LABEL.findall(labels))
             num_blocks = _int(found.get("num_gpu_blocks"))
             block_size = _int(found.get("block_size"))
+            caching = found.get("enable_prefix_caching")
+            if caching in ("True", "False"):
+                prefix_caching = caching == "True"
         else:
             kv.setdefault(name, []).append(value)
     if not seen:
@@ -80,7 +85,7 @@ def parse_vllm_metrics(text: str) -> EngineFigures:
     # vLLM v1 names it kv_cache_usage_perc, v0 gpu_cache_usage_perc; either is a 0-1 ratio.
     ratios = next((kv[n] for n in _KV if n in kv), None)
     kv_ratio = None if not ratios else sum(ratios) / len(ratios)
-    return EngineFigures(running, waiting, kv_ratio, num_blocks, block_size)
+    return EngineFigures(running, waiting, kv_ratio, num_blocks, block_size, prefix_caching)
 
 
 def _int(s: str | None) -> int | None:

@@ -63,10 +63,15 @@ class Sidecar:
         self.settings = settings
         self.twin = twin
         self.calibrator = Calibrator(twin) if settings.calibrate else None
-        self.metrics = PredictorMetrics.create(self._gauges, self._calibration)
+        self.metrics = PredictorMetrics.create(
+            self._gauges,
+            self._calibration,
+            lambda: {k: float(v) for k, v in self.mismatches.items()},
+        )
         self.proxy = proxying.Proxy(settings, twin, tokens, session, self.metrics)
         self.scraper = Scraper(session, settings.engine_url, settings.connect_timeout_s)
         self.drift: EngineLoad | None = None
+        self.mismatches: dict[str, bool] = {}  # engine setting -> differs from ours now
         self._last_ok_s = -float("inf")
 
     # ------------------------------------------------------------------ reconciling
@@ -94,17 +99,45 @@ class Sidecar:
             )  # fmt: skip
 
     def _adopt_engine_config(self, figures: EngineFigures) -> None:
-        """Without --num-blocks, simulate the KV cache the engine says it has."""
+        """The engine is the one source of truth for the settings it reports (KV blocks, block
+        size, prefix caching): the twin follows them. A setting configured otherwise, or a
+        batch larger than the configured max_num_seqs (vLLM does not report it), is a
+        mismatch: logged once as a warning and exported as
+        block_predictor_engine_config_mismatch{setting}."""
         s = self.settings
-        if s.num_blocks is not None or figures.num_blocks is None:
-            return
         cfg = self.twin.replica.config
-        block_size = figures.block_size or cfg.block_size
-        new = dataclasses.replace(cfg, num_blocks=figures.num_blocks, block_size=block_size)
-        if self.twin.reconfigure(new):
+        explicit = s.model_fields_set
+        reported: dict[str, object] = {}
+        if figures.num_blocks is not None:
+            reported["num_blocks"] = figures.num_blocks
+        if figures.block_size is not None:
+            reported["block_size"] = figures.block_size
+        if figures.prefix_caching is not None:
+            reported["enable_prefix_caching"] = figures.prefix_caching
+        for name, value in reported.items():
+            mine = getattr(s, name)
+            self._mismatch(name, name in explicit and mine != value, mine, value)
+        self._mismatch(
+            "max_num_seqs",
+            figures.num_running > cfg.max_num_seqs,
+            cfg.max_num_seqs,
+            f"{figures.num_running:g} running",
+        )
+        new = dataclasses.replace(cfg, **reported)  # type: ignore[arg-type]
+        if new != cfg and self.twin.reconfigure(new):
             logger.info(
-                "twin adopts the engine's KV cache: %d blocks of %d tokens",
-                figures.num_blocks, block_size,
+                "twin follows the engine's settings: %s",
+                ", ".join(f"{k}={v}" for k, v in reported.items()),
+            )
+
+    def _mismatch(self, setting: str, now: bool, mine: object, engine: object) -> None:
+        was = self.mismatches.get(setting, False)
+        self.mismatches[setting] = now
+        if now and not was:
+            logger.warning(
+                "engine setting mismatch: %s is %s here but the engine reports %s; the twin "
+                "follows the engine where it can: give both containers the same value",
+                setting, mine, engine,
             )  # fmt: skip
 
     async def reconcile_forever(self) -> None:
@@ -294,6 +327,7 @@ def replica_config(settings: PredictorSettings) -> ReplicaConfig:
         block_size=settings.block_size,
         num_blocks=settings.num_blocks,
         max_model_len=settings.max_model_len,
+        enable_prefix_caching=settings.enable_prefix_caching,
     )
 
 

@@ -36,6 +36,8 @@ class ReplicaSettings(BaseSettings):
     # engine's vllm:cache_config_info, the twin sizes them from GPU memory like vLLM.
     num_blocks: Annotated[int, Field(ge=1)] | None = None
     block_size: Annotated[int, Field(ge=1, le=256)] = 16
+    # vLLM's automatic prefix caching (on by default since v1; --no-enable-prefix-caching).
+    enable_prefix_caching: bool = True
     # Context length; unset: the model's.
     max_model_len: Annotated[int, Field(ge=2)] | None = None
     # Name clients put in "model"; unset: `model`.

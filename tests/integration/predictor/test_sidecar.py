@@ -299,3 +299,34 @@ async def test_long_prompts_are_counted_beside_the_request(
         assert tracked.first_token_s is not None and tracked.arrival_s < tracked.first_token_s
         await r.read()
     assert not side.sidecar.twin.requests
+
+
+async def test_engine_settings_are_one_source_of_truth(
+    start_engine: Start, start_sidecar: Start, http: aiohttp.ClientSession, wait: Wait
+) -> None:
+    # The engine runs blocks of 32 without prefix caching; the sidecar was told 16 and caching.
+    eng = await start_engine(block_size=32, enable_prefix_caching=False, max_num_seqs=8)
+    side = await start_sidecar(eng.url, block_size=16, max_num_seqs=4)
+    cfg = side.sidecar.twin.replica.config
+    assert cfg.block_size == 32 and cfg.enable_prefix_caching is False  # follows the engine
+    async with http.get(side.url + "/metrics") as r:
+        text = await r.text()
+    assert 'block_predictor_engine_config_mismatch{setting="block_size"} 1.0' in text
+    assert 'block_predictor_engine_config_mismatch{setting="num_blocks"} 0.0' in text
+    assert 'block_predictor_engine_config_mismatch{setting="enable_prefix_caching"} 0.0' in text
+    # vLLM does not report max_num_seqs: running more than the sidecar allows gives it away.
+    body = {"model": MODEL, "prompt": "Hi", "max_tokens": 400, "ignore_eos": True, "stream": True}
+
+    async def one() -> None:
+        async with http.post(side.url + "/v1/completions", json=body) as r:
+            await r.read()
+
+    tasks = [asyncio.create_task(one()) for _ in range(6)]
+
+    async def flagged() -> bool:
+        async with http.get(side.url + "/metrics") as r:
+            return 'mismatch{setting="max_num_seqs"} 1.0' in await r.text()
+
+    await wait(flagged, 10, "the max_num_seqs mismatch")
+    for t in tasks:
+        t.cancel()
