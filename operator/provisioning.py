@@ -18,6 +18,7 @@ State per cluster (forecast, drain in progress) lives in the advisor instance, k
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 import logging
 import math
@@ -120,6 +121,22 @@ def default_gateway_url(cluster: meta.ClusterRef) -> str:
     return f"http://{host}:{meta.SERVICE_PORT}"
 
 
+def replica_config(scheduling: specs.SchedulingSpec, base: ReplicaConfig) -> ReplicaConfig:
+    """The what-if replicas simulate the engine's scheduler as the spec sets it (the engine
+    and the sidecars run the same settings); unset fields keep `base` (vLLM's defaults)."""
+    changes: dict[str, Any] = {
+        k: v
+        for k, v in (
+            ("max_num_seqs", scheduling.max_num_seqs),
+            ("max_num_batched_tokens", scheduling.max_num_batched_tokens),
+            ("block_size", scheduling.block_size),
+            ("enable_prefix_caching", scheduling.enable_prefix_caching),
+        )
+        if v is not None
+    }
+    return dataclasses.replace(base, **changes)
+
+
 @dataclass
 class PredictiveAdvisor:
     session: aiohttp.ClientSession
@@ -171,6 +188,7 @@ class PredictiveAdvisor:
             stabilisation_s=float(spec.autoscaling.cooldown_seconds),
         )
         now = self.clock()
+        config = replica_config(spec.engine.scheduling, self.replica_config)
         live = [r for r in load.replicas if r.ready and not r.draining]
         starting = max(0, spec.replicas - len([r for r in load.replicas if not r.draining]))
         obs = autoscaling.Observation(
@@ -179,9 +197,9 @@ class PredictiveAdvisor:
             arrivals=round(load.arrivals * self.interval_s / load.interval_seconds),
             interarrival_cv=load.interarrival_cv,
             sizes=[tuple(s) for s in load.sizes],  # type: ignore[misc]
-            replicas=[self._twin(latency, i, r, load, now) for i, r in enumerate(live)],
+            replicas=[self._twin(latency, config, i, r, load, now) for i, r in enumerate(live)],
             starting_ready_s=[now + self.lead_s] * starting,
-            new_replica=lambda i: Replica(latency, self.replica_config, i),
+            new_replica=lambda i: Replica(latency, config, i),
         )
         decision, state.scaler = await asyncio.to_thread(autoscaling.decide, state.scaler, obs, cfg)
         state.last = decision_status(decision, obs.current, self.wall_clock())
@@ -231,10 +249,16 @@ class PredictiveAdvisor:
         return LatencyModel.load(spec.engine.gpu, spec.model, spec.engine.tensor_parallel)
 
     def _twin(
-        self, latency: LatencyModel, index: int, figures: Any, load: LoadReport, now: float
+        self,
+        latency: LatencyModel,
+        config: ReplicaConfig,
+        index: int,
+        figures: Any,
+        load: LoadReport,
+        now: float,
     ) -> Replica:
         """An approximate live state: the replica's queued requests, sized from the mix."""
-        r = Replica(latency, self.replica_config, index)
+        r = Replica(latency, config, index)
         sizes = load.sizes or [(512, 128)]
         for j in range(figures.num_running + figures.num_waiting):
             prompt, output = sizes[j % len(sizes)]

@@ -51,6 +51,10 @@ def _replica_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--block-size", type=int, default=None, help="tokens per KV block (16)")
     p.add_argument(
+        "--enable-prefix-caching", dest="enable_prefix_caching", action="store_const",
+        const=True, default=None, help="the engine caches prompt prefixes (vLLM's default)",
+    )  # fmt: skip
+    p.add_argument(
         "--no-enable-prefix-caching", dest="enable_prefix_caching", action="store_const",
         const=False, default=None, help="the engine runs without automatic prefix caching",
     )  # fmt: skip

@@ -106,6 +106,40 @@ def spec_schema() -> RawSchema:
                     }
                 ],
             },
+            "scheduling": {
+                "type": "object",
+                "description": (
+                    "The engine's scheduler settings (vLLM's flags), passed alike to the engine "
+                    "and to the predictor sidecar; unset fields keep the engine's defaults."
+                ),
+                "default": {},
+                "properties": {
+                    "maxNumSeqs": {
+                        "type": "integer",
+                        "format": "int32",
+                        "minimum": 1,
+                        "maximum": 4096,
+                        "description": "Most sequences in one batch (--max-num-seqs).",
+                    },
+                    "maxNumBatchedTokens": {
+                        "type": "integer",
+                        "format": "int32",
+                        "minimum": 1,
+                        "maximum": 1 << 20,
+                        "description": "Token budget per step (--max-num-batched-tokens).",
+                    },
+                    "blockSize": {
+                        "type": "integer",
+                        "format": "int32",
+                        "enum": [8, 16, 32, 64, 128],
+                        "description": "Tokens per KV-cache block (--block-size).",
+                    },
+                    "enablePrefixCaching": {
+                        "type": "boolean",
+                        "description": "Automatic prefix caching (--[no-]enable-prefix-caching).",
+                    },
+                },
+            },
             "args": _args("Extra engine arguments, appended after Block's."),
             "env": {
                 "type": "array",

@@ -32,6 +32,7 @@ def engine_argv(cluster: meta.ClusterRef, spec: specs.BlockClusterSpec) -> list[
             "--host", "0.0.0.0",
             "--port", str(meta.ENGINE_PORT),
             "--tensor-parallel-size", str(engine.tensor_parallel),
+            *engine.scheduling.argv(),
         ]  # fmt: skip
     else:
         base = [
@@ -40,6 +41,7 @@ def engine_argv(cluster: meta.ClusterRef, spec: specs.BlockClusterSpec) -> list[
             "--gpu", engine.gpu,
             "--model", spec.model,
             "--tp", str(engine.tensor_parallel),
+            *engine.scheduling.argv(),
         ]  # fmt: skip
     return [*base, *engine.args]
 
@@ -52,6 +54,8 @@ def predictor_argv(cluster: meta.ClusterRef, spec: specs.BlockClusterSpec) -> li
         "--gpu", spec.engine.gpu,
         "--model", spec.model,
         "--tp", str(spec.engine.tensor_parallel),
+        # The same scheduler settings as the engine's: its twin simulates that scheduler.
+        *spec.engine.scheduling.argv(),
         *spec.predictor.args,
     ]  # fmt: skip
 

@@ -63,6 +63,33 @@ class EnvVar(CrdModel):
 Args = Annotated[list[Annotated[str, Field(max_length=MAX_ARG_LENGTH)]], Field(max_length=MAX_ARGS)]
 
 
+class SchedulingSpec(CrdModel):
+    """The engine's scheduler settings, named as vLLM's flags. One source of truth: the operator
+    passes the same values to the engine and to the predictor sidecar (whose twin simulates
+    that scheduler) and uses them in the autoscaler's what-ifs. Unset: the engine's defaults."""
+
+    max_num_seqs: Annotated[int, Field(ge=1, le=4096)] | None = None
+    max_num_batched_tokens: Annotated[int, Field(ge=1, le=1 << 20)] | None = None
+    block_size: Literal[8, 16, 32, 64, 128] | None = None
+    enable_prefix_caching: bool | None = None
+
+    def argv(self) -> list[str]:
+        """vLLM's flags for these settings (`block engine` and `block predictor` take the same
+        names)."""
+        out: list[str] = []
+        if self.max_num_seqs is not None:
+            out += ["--max-num-seqs", str(self.max_num_seqs)]
+        if self.max_num_batched_tokens is not None:
+            out += ["--max-num-batched-tokens", str(self.max_num_batched_tokens)]
+        if self.block_size is not None:
+            out += ["--block-size", str(self.block_size)]
+        if self.enable_prefix_caching is False:
+            out.append("--no-enable-prefix-caching")
+        elif self.enable_prefix_caching:
+            out.append("--enable-prefix-caching")
+        return out
+
+
 class EngineSpec(CrdModel):
     """The inference engine of each replica: stock vLLM, or Block's engine twin (no GPU)."""
 
@@ -71,6 +98,7 @@ class EngineSpec(CrdModel):
     image: str | None = None
     gpu: Annotated[str, Field(min_length=1)] = "h100"
     tensor_parallel: Literal[1, 2, 4, 8] = 1
+    scheduling: SchedulingSpec = Field(default_factory=SchedulingSpec)
     args: Args = Field(default_factory=list)
     env: list[EnvVar] = Field(default_factory=list)
     resources: Resources = Field(default_factory=Resources)

@@ -22,7 +22,11 @@ COMMANDS_USED = {"engine", "predictor", "scheduler", "operator"}
 def _rendered_command_lines() -> list[list[str]]:
     lines = []
     cluster = meta.ClusterRef(name="demo", namespace="ns", uid="u")
-    for engine in ({"kind": "twin", "tensorParallel": 2}, {"kind": "vllm", "image": "v:1"}):
+    scheduling = {"maxNumSeqs": 64, "blockSize": 32, "enablePrefixCaching": False}
+    for engine in (
+        {"kind": "twin", "tensorParallel": 2, "scheduling": scheduling},
+        {"kind": "vllm", "image": "v:1"},
+    ):
         spec = specs.BlockClusterSpec.model_validate(
             {
                 "model": "meta-llama/Llama-2-7b-hf",
@@ -84,3 +88,51 @@ def test_dockerfile_is_slim_and_unprivileged() -> None:
     assert users and users[-1].split(":")[0] not in ("root", "0")
     # The same UID the renderers' securityContext (runAsUser) promises.
     assert f"--uid {meta.BLOCK_UID} " in text and users[-1].startswith(str(meta.BLOCK_UID))
+
+
+@pytest.mark.parametrize("kind", ["twin", "vllm"])
+def test_engine_and_sidecar_get_the_same_scheduler_settings(kind: str) -> None:
+    cluster = meta.ClusterRef(name="demo", namespace="ns", uid="u")
+    scheduling = {"maxNumSeqs": 64, "maxNumBatchedTokens": 4096, "blockSize": 128,
+                  "enablePrefixCaching": False}  # fmt: skip
+    spec = specs.BlockClusterSpec.model_validate(
+        {"model": "meta-llama/Llama-2-7b-hf",
+         "engine": {"kind": kind, "image": "v:1", "scheduling": scheduling}}
+    )  # fmt: skip
+    flags = ["--max-num-seqs", "64", "--max-num-batched-tokens", "4096", "--block-size", "128",
+             "--no-enable-prefix-caching"]  # fmt: skip
+    (deploy,) = [
+        o
+        for o in children.render(cluster, spec, meta.RenderSettings(block_image="block:t"))
+        if o["kind"] == "Deployment" and o["metadata"]["name"].endswith("engine")
+    ]
+    containers = {c["name"]: c for c in deploy["spec"]["template"]["spec"]["containers"]}
+    for name in ("engine", "predictor"):
+        args = containers[name]["args"]
+        i = args.index("--max-num-seqs")
+        assert args[i : i + len(flags)] == flags, (name, args)
+    # The predictor's own parser turns them into its settings.
+    from block.predictor.settings import PredictorSettings
+
+    parsed = cli.build_parser().parse_args(["predictor", *containers["predictor"]["args"]])
+    overrides = {k: v for k, v in vars(parsed).items() if v is not None and k in
+                 PredictorSettings.model_fields}  # fmt: skip
+    settings = PredictorSettings(**overrides)
+    assert (settings.max_num_seqs, settings.max_num_batched_tokens, settings.block_size) == (
+        64, 4096, 128,
+    )  # fmt: skip
+    assert settings.enable_prefix_caching is False
+
+
+def test_autoscaler_what_ifs_simulate_the_engine_scheduler() -> None:
+    from block.operator.provisioning import replica_config
+    from block.simulator.replica import ReplicaConfig
+
+    base = ReplicaConfig()
+    same = replica_config(specs.SchedulingSpec(), base)
+    assert same == base
+    mine = replica_config(
+        specs.SchedulingSpec(max_num_seqs=32, block_size=128, enable_prefix_caching=False), base
+    )
+    assert (mine.max_num_seqs, mine.block_size, mine.enable_prefix_caching) == (32, 128, False)
+    assert mine.max_num_batched_tokens == base.max_num_batched_tokens
