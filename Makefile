@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed-stamp
 OUT     ?= out
 
-.PHONY: install lint test unit demo demo-simulated clean k8s-bins standalone
+.PHONY: install lint test unit demo demo-simulated clean k8s-bins standalone real-engine
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,13 +25,18 @@ lint: install
 
 # Run the binaries from the venv, never `python -m pytest`: that puts the repository root on
 # sys.path, where the `operator/` folder would shadow the standard library.
-test: lint k8s-bins
+test: lint k8s-bins real-engine
 	$(BIN)/pytest
 
 # A clone of HEAD with nothing beside it: installed as a wheel into a new virtualenv, then
 # `block simulate`, `block profiles export` and the live demo's path must work (CI runs it).
 standalone:
 	tools/standalone-check.sh
+
+# The stock vLLM (CPU build) of the real-engine test tier, in its own virtualenv under
+# .cache/real-engine (cached; rebuilt when tools/real-engine/requirements.txt changes).
+real-engine:
+	tools/real-engine/build.sh
 
 # The test control plane for tests/k8s (Go builds, cached in tools/k8s/bin; a no-op when current).
 k8s-bins:
