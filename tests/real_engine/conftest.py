@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,10 +73,6 @@ def real_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealEngine
             if proc.poll() is not None:
                 raise AssertionError(f"vLLM exited ({proc.returncode}): {log.read_text()[-3000:]}")
             try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    pass
-                import urllib.request
-
                 with urllib.request.urlopen(url + "/health", timeout=2) as r:
                     if r.status == 200:
                         break
