@@ -343,9 +343,15 @@ def create_app(
     app = problems.new_app(settings.max_body_bytes)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        model = latency or LatencyModel.load(settings.gpu, settings.model, settings.tp)
+        config = replica_config(settings)
+        if config.num_blocks is None and model.gpu.memory_bytes is None:
+            # Hardware known only by its tables (block profile engine): the KV cache size
+            # comes from the engine's own report at the first scrape, just below.
+            config = dataclasses.replace(config, num_blocks=1)
         twin = LiveTwin(
-            latency or LatencyModel.load(settings.gpu, settings.model, settings.tp),
-            replica_config(settings),
+            model,
+            config,
             lengths if lengths is not None else LengthDistribution.sharegpt(),
             sync_interval_s=settings.sync_interval_s,
             prior_output_tokens=settings.prior_output_tokens,

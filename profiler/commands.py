@@ -101,6 +101,11 @@ def _register_engine(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "--max-num-batched-tokens", type=int, default=2048,
         help="the engine's token budget per step (vLLM's default 2048)",
     )  # fmt: skip
+    e.add_argument(
+        "--temperature", type=float, default=None,
+        help="sampling temperature of the probes (default: the engine's; profile with the "
+        "sampling your traffic uses: it changes the cost per sequence)",
+    )  # fmt: skip
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--api-key", default=None, help="bearer token, if the engine wants one")
     e.set_defaults(handler=_handle_engine)
@@ -135,6 +140,7 @@ def _handle_engine(args: argparse.Namespace) -> int:
             max_num_batched_tokens=args.max_num_batched_tokens,
             seed=args.seed,
             api_key=args.api_key,
+            temperature=args.temperature,
         )
         with Progress(console=console, transient=True) as bar:
             task = bar.add_task("profiling", total=1)
