@@ -10,8 +10,11 @@ and measures TTFT and e2e at the client.
   every request of a batch of the same workload sent at once);
 - lengths: `true` (the gateway knows each response length: the candidate is predicted with it
   and every request carries it in `x-block-output-tokens`), or `estimated` (the shipped
-  estimator's median for the new request and for every request in flight; the twin corrects
-  what outruns its estimate);
+  estimator's median, cut to the run's 256-token cap, for the new request and for every
+  request in flight; the twin corrects what outruns its estimate). The engine must produce the
+  true length, so each request's `max_tokens` is it; the sidecar caps a queued request's
+  assumed length there (a leak toward the truth for requests that end before the cap; the
+  prediction for the new request itself never sees it);
 - models: `profiled` (the tables `block profile engine` wrote for this engine a minute before,
   no online fit), `online` (an A100 Llama-2-7B profile, wrong for this engine, calibrated online
   from the streamed steps; measured after `--warmup-s` of traffic), `wrong` (the same A100
@@ -82,7 +85,11 @@ def estimates(reqs: list[PlannedRequest]) -> list[int]:
     from block.estimator.estimating import LengthEstimator
 
     est = LengthEstimator.load_default()
-    return [max(1, e.median_tokens) for e in est.estimate([r.prompt for r in reqs])]
+    # Every request of the run may produce at most MAX_TOKENS_CAP tokens (the same cap for
+    # all, as a deployment's default max_tokens): an estimate beyond it is cut to it.
+    return [
+        max(1, min(e.median_tokens, MAX_TOKENS_CAP)) for e in est.estimate([r.prompt for r in reqs])
+    ]
 
 
 async def send(

@@ -13,12 +13,14 @@ from __future__ import annotations
 import logging
 from collections import deque
 
-from block.predictor.twin import LiveTwin, Tracked
+from block.predictor.twin import LiveTwin, Outcome, Tracked
 from block.simulator.calibration import FEATURES, StepFit, calibrated, features
 from block.simulator.latency import LatencyModel
 from block.simulator.observed_steps import ObservedStep, Seen, StepObserver
 
 logger = logging.getLogger(__name__)
+
+MIN_OUTCOMES = 10  # completed requests before the TTFT offset applies
 
 
 class Calibrator:
@@ -31,6 +33,10 @@ class Calibrator:
         self.observer = StepObserver(twin.replica.config.max_num_batched_tokens)
         # predicted / observed time of recent steps, by the model in use when they ran.
         self.recent_ratios: deque[float] = deque(maxlen=200)
+        # Observed minus predicted TTFT of recent streamed requests (the twin's prediction at
+        # their arrival): what the engine spends on a request outside its steps (HTTP,
+        # tokenizing, waiting for the step in flight, detokenizing) plus any model bias.
+        self.ttft_gaps: deque[float] = deque(maxlen=200)
         twin.on_token = self._token
 
     def _token(self, t: Tracked, now: float, count: int) -> None:
@@ -56,6 +62,20 @@ class Calibrator:
                     self.fit.refits, len(self.fit), self.twin.latency.calibration,
                     100 * (self.fit.fit_error or 0.0),
                 )  # fmt: skip
+
+    def observe_outcome(self, o: Outcome) -> None:
+        if o.predicted is not None and o.ttft_s is not None:
+            self.ttft_gaps.append(o.ttft_s - o.predicted.ttft_s)
+
+    @property
+    def ttft_offset_s(self) -> float:
+        """Added to every prediction's TTFT and e2e: the median of the recent TTFT gaps once
+        there are enough of them (never negative: a step model that is too slow is the
+        step fit's to correct, not this offset's)."""
+        if len(self.ttft_gaps) < MIN_OUTCOMES:
+            return 0.0
+        gaps = sorted(self.ttft_gaps)
+        return max(0.0, gaps[len(gaps) // 2])
 
     def coefficients(self) -> dict[str, float]:
         return dict(zip(FEATURES, self.fit.coefficients.as_tuple(), strict=True))

@@ -206,6 +206,7 @@ class CalibrationFigures:
     clean_steps: int
     skipped_steps: dict[str, int]
     refits: int
+    ttft_offset_s: float = 0.0
 
 
 class CalibrationCollector(Collector):
@@ -243,6 +244,12 @@ class CalibrationCollector(Collector):
                 "steps, each predicted by the model in use when it ran.",
                 value=f.step_error,
             )
+        yield GaugeMetricFamily(
+            "block_predictor_ttft_offset_seconds",
+            "Added to predicted TTFT and e2e: median observed minus predicted TTFT of recent "
+            "streamed requests (the engine's work outside its steps).",
+            value=f.ttft_offset_s,
+        )
         steps = CounterMetricFamily(
             "block_predictor_observed_steps",
             "Engine steps seen in the streamed tokens, by result (clean: used by the fit; "

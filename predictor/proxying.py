@@ -71,6 +71,8 @@ class Proxy:
             total=None, connect=settings.connect_timeout_s, sock_read=settings.read_timeout_s
         )
         self._remembering: set[asyncio.Future[None]] = set()  # answers being hashed
+        # Told of every completed request with its arrival prediction (the calibrator).
+        self.on_outcome: Callable[[Outcome], None] | None = None
 
     # ------------------------------------------------------------------ entry
     async def handle(self, request: web.Request, kind: Kind) -> web.StreamResponse:
@@ -234,6 +236,8 @@ class Proxy:
         p = o.predicted
         if p is None:
             return
+        if self.on_outcome is not None:
+            self.on_outcome(o)
         m = self.metrics
         m.e2e_error.observe(p.e2e_s - o.e2e_s)
         if o.e2e_s > 0:

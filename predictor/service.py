@@ -69,6 +69,8 @@ class Sidecar:
             lambda: {k: float(v) for k, v in self.mismatches.items()},
         )
         self.proxy = proxying.Proxy(settings, twin, tokens, session, self.metrics)
+        if self.calibrator is not None:
+            self.proxy.on_outcome = self.calibrator.observe_outcome
         self.scraper = Scraper(session, settings.engine_url, settings.connect_timeout_s)
         self.drift: EngineLoad | None = None
         self.mismatches: dict[str, bool] = {}  # engine setting -> differs from ours now
@@ -166,6 +168,7 @@ class Sidecar:
             clean_steps=cal.observer.counts.clean,
             skipped_steps=dict(cal.observer.counts.skipped),
             refits=cal.fit.refits,
+            ttft_offset_s=cal.ttft_offset_s,
         )
 
     def _gauges(self) -> dict[str, float]:
@@ -252,6 +255,13 @@ async def predict(request: web.Request) -> web.Response:
     preds = twin.predict([(c.prompt_tokens, c.output_tokens) for c in cands], body.impact, hashes)
     hits = [twin.prefix_hit_tokens(c.prompt_tokens, h) for c, h in zip(cands, hashes, strict=True)]
     load = side.load_figures()
+    # What the engine spends on a request outside its steps, learned from the streams.
+    offset = side.calibrator.ttft_offset_s if side.calibrator is not None else 0.0
+    if offset:
+        preds = [
+            dataclasses.replace(p, ttft_s=p.ttft_s + offset, e2e_s=p.e2e_s + offset)
+            for p in preds
+        ]
     compute = time.perf_counter() - start
     side.metrics.predict_seconds.observe(compute)
     side.metrics.predictions.inc(len(preds))

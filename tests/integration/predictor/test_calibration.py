@@ -73,6 +73,8 @@ async def test_sidecar_learns_an_engine_unlike_its_profile(
         text = await r.text()
     assert 'block_predictor_step_model_coefficient{term="profile"}' in text
     assert "block_predictor_step_model_fit_error_ratio" in text
+    assert "block_predictor_ttft_offset_seconds" in text
+    assert len(cal.ttft_gaps) >= 30 and cal.ttft_offset_s >= 0.0
     # Each observed step carries the timing jitter of the sidecar and clients sharing one event
     # loop (+-25 % at 10-20 ms steps), and a busy 2-core machine slows the engine process
     # itself; the bands allow for that. The profile alone is 37 % short of this engine.
