@@ -259,8 +259,7 @@ async def predict(request: web.Request) -> web.Response:
     offset = side.calibrator.ttft_offset_s if side.calibrator is not None else 0.0
     if offset:
         preds = [
-            dataclasses.replace(p, ttft_s=p.ttft_s + offset, e2e_s=p.e2e_s + offset)
-            for p in preds
+            dataclasses.replace(p, ttft_s=p.ttft_s + offset, e2e_s=p.e2e_s + offset) for p in preds
         ]
     compute = time.perf_counter() - start
     side.metrics.predict_seconds.observe(compute)
