@@ -12,15 +12,22 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Mapping
+
+import numpy as np
 
 from block.predictor.twin import LiveTwin, Outcome, Tracked
 from block.simulator.calibration import FEATURES, StepFit, calibrated, features
 from block.simulator.latency import LatencyModel
-from block.simulator.observed_steps import ObservedStep, Seen, StepObserver
+from block.simulator.observed_steps import InFlight, ObservedStep, StepObserver
 
 logger = logging.getLogger(__name__)
 
 MIN_OUTCOMES = 10  # completed requests before the TTFT offset applies
+# A refit whose predictions for the recent steps move less than this is not applied: building
+# the calibrated model costs milliseconds on the event loop, and a converged fit mostly
+# re-finds itself.
+APPLY_CHANGE = 0.01
 
 
 class Calibrator:
@@ -30,6 +37,7 @@ class Calibrator:
         self.twin = twin
         self.base: LatencyModel = twin.latency
         self.fit = fit if fit is not None else StepFit()
+        self.applied = self.fit.coefficients  # the model the twin simulates with
         self.observer = StepObserver(twin.replica.config.max_num_batched_tokens)
         # predicted / observed time of recent steps, by the model in use when they ran.
         self.recent_ratios: deque[float] = deque(maxlen=200)
@@ -40,22 +48,26 @@ class Calibrator:
         twin.on_token = self._token
 
     def _token(self, t: Tracked, now: float, count: int) -> None:
-        me = Seen(t.streaming, t.streamed, t.arrival_s, t.prompt_tokens, t.cached_tokens)
-        step = self.observer.token(t.rid, now, count, me, self._in_flight)
+        # The twin's own records are what the observer reads (before `count` is added).
+        step = self.observer.token(t.rid, now, count, t, self._in_flight)
         if step is not None:
             self.observe(step)
 
-    def _in_flight(self) -> dict[int, Seen]:
-        return {
-            rid: Seen(t.streaming, t.streamed, t.arrival_s, t.prompt_tokens, t.cached_tokens)
-            for rid, t in self.twin.requests.items()
-        }
+    def _in_flight(self) -> Mapping[int, InFlight]:
+        return self.twin.requests
 
     def observe(self, step: ObservedStep) -> None:
         shape, seconds = step.shape, step.seconds
         self.recent_ratios.append(shape.profile_s(self.twin.latency) / seconds)
         if self.fit.observe(features(shape, shape.profile_s(self.base)), seconds):
-            self.twin.set_latency(calibrated(self.base, self.fit.coefficients))
+            new = self.fit.coefficients
+            rows = self.fit.recent_rows(64)
+            before = np.maximum(rows @ np.array(self.applied.as_tuple()), 1e-9)
+            change = np.abs(rows @ np.array(new.as_tuple()) - before) / before
+            if float(change.max()) < APPLY_CHANGE:
+                return
+            self.applied = new
+            self.twin.set_latency(calibrated(self.base, new))
             if self.fit.refits in (1, 10) or self.fit.refits % 100 == 0:
                 logger.info(
                     "step model refit %d on %d steps: %s (fit error %.1f %%)",

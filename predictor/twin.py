@@ -194,7 +194,7 @@ class LiveTwin:
             return None
         t = Tracked(rid, arrival, prompt_tokens, cap, output_tokens, exact, streaming)
         t.block_hashes = block_hashes
-        if block_hashes:
+        if block_hashes and self.on_token is not None:  # only the step observer reads it
             t.cached_tokens = self.prefix_hit_tokens(prompt_tokens, block_hashes)
         if predict:
             # Forking costs a few µs; the prediction itself (up to ~1 ms under load) is made

@@ -37,7 +37,7 @@ from block.errors import ConfigError, UpstreamError
 from block.profiler import engine_tables, tables
 from block.simulator.calibration import FEATURES, Coefficients, features, fit
 from block.simulator.models import ModelShape
-from block.simulator.observed_steps import ObservedStep, Seen, StepObserver
+from block.simulator.observed_steps import ObservedStep, StepObserver
 
 logger = logging.getLogger(__name__)
 
@@ -68,10 +68,14 @@ class EngineProfileRequest:
 
 @dataclass
 class _Stream:
+    """One probe request in flight (an `InFlight` of the step observer)."""
+
     rid: int
-    prompt: int
-    sent_s: float
+    prompt_tokens: int
+    arrival_s: float  # when it was sent
     streamed: int = 0
+    streaming: bool = True
+    cached_tokens: int = 0  # random token ids: the prefix cache never hits
 
 
 @dataclass
@@ -119,8 +123,8 @@ class _Client:
         # Ordinary vocabulary ids (past the first thousand: no special or control tokens).
         return [self.rng.randrange(1000, 100_000) for _ in range(tokens)]
 
-    def _seen(self) -> dict[int, Seen]:
-        return {r: Seen(True, s.streamed, s.sent_s, s.prompt) for r, s in self.flight.items()}
+    def _seen(self) -> dict[int, _Stream]:
+        return self.flight
 
     async def stream(self, prompt_tokens: int, max_tokens: int) -> int:
         """One streamed request; returns the tokens it produced."""
@@ -160,8 +164,7 @@ class _Client:
         return s.streamed
 
     def _token(self, s: _Stream, now: float, count: int) -> None:
-        me = Seen(True, s.streamed, s.sent_s, s.prompt)
-        step = self.observer.token(s.rid, now, count, me, self._seen)
+        step = self.observer.token(s.rid, now, count, s, self._seen)
         s.streamed += count
         if step is not None and self.probe is not None:
             self.probe.steps.append(step)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from block.profiler.tables import MLP_OPS, AttentionRow, MlpRow, Stats
 from block.simulator.calibration import Coefficients
+from block.simulator.latency import prefill_pairs
 from block.simulator.models import ModelShape
 
 BACKEND = "engine-black-box"
@@ -90,7 +91,7 @@ def attention_rows(
         for kv in kvs:
             if kv + chunk > max_len:
                 continue
-            pairs = chunk * (kv + (chunk + 1) / 2)
+            pairs = prefill_pairs(chunk, kv)
             ms = (c.per_prefill_pair_s * pairs + c.per_prefill_chunk_s) / layers * 1e3
             out.append(row(1, chunk, kv, True, "attn_prefill", ms))
     batches = sorted({1, 2, 4, 8, 16, 32, 64, 128, 256, max_batch})

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from block.simulator.latency import AttentionModel, LatencyModel, Overheads
+from block.simulator.latency import AttentionModel, LatencyModel, Overheads, prefill_pairs
 
 FEATURES: tuple[str, ...] = (
     "profile",
@@ -67,9 +67,8 @@ class StepShape:
 
     @property
     def prefill_pairs(self) -> float:
-        """Causal (query, key) pairs of the prefill chunks: each new token sees the prefix
-        and, on average, half of its own chunk."""
-        return float(sum(c * (kv + (c + 1) / 2) for c, kv in self.prefill))
+        """Causal (query, key) pairs of the prefill chunks."""
+        return float(sum(prefill_pairs(c, kv) for c, kv in self.prefill))
 
     def profile_s(self, latency: LatencyModel) -> float:
         return latency.step_time_s(
@@ -113,15 +112,7 @@ class Coefficients:
         return cls(*(float(v) for v in values))
 
     def as_tuple(self) -> tuple[float, ...]:
-        return (
-            self.profile,
-            self.constant_s,
-            self.per_token_s,
-            self.per_sequence_s,
-            self.per_decode_kv_token_s,
-            self.per_prefill_pair_s,
-            self.per_prefill_chunk_s,
-        )
+        return tuple(getattr(self, name) for name in FEATURES)
 
     def predict(self, row: np.ndarray) -> float:
         return float(np.dot(self.as_tuple(), row))
@@ -226,6 +217,11 @@ class StepFit:
         self.refits += 1
         return self.coefficients
 
+    def recent_rows(self, n: int) -> np.ndarray:
+        """The feature rows of the last `n` observations (or fewer)."""
+        k = min(n, len(self._rows))
+        return np.array([self._rows[i] for i in range(len(self._rows) - k, len(self._rows))])
+
     def __len__(self) -> int:
         return len(self._rows)
 
@@ -242,9 +238,8 @@ class _CalibratedAttention:
         self._chunk = c.per_prefill_chunk_s / layers
 
     def prefill_s(self, chunk_tokens: int, kv_before: int) -> float:
-        pairs = chunk_tokens * (kv_before + (chunk_tokens + 1) / 2)
         base = self._base.prefill_s(chunk_tokens, kv_before)
-        return self._w * base + self._pair * pairs + self._chunk
+        return self._w * base + self._pair * prefill_pairs(chunk_tokens, kv_before) + self._chunk
 
     def decode_s(self, num_seqs: int, kv_total: int) -> float:
         return self._w * self._base.decode_s(num_seqs, kv_total) + self._kv * kv_total

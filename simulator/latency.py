@@ -42,6 +42,12 @@ class AttentionModel(Protocol):
     def kv_save_s(self, num_tokens: int) -> float: ...
 
 
+def prefill_pairs(chunk_tokens: int, kv_before: int) -> float:
+    """(query, key) pairs of a causal prefill chunk: each new token sees the cached prefix plus
+    the earlier tokens of its own chunk (half the chunk on average)."""
+    return chunk_tokens * (kv_before + (chunk_tokens + 1) / 2)
+
+
 @dataclass(frozen=True, slots=True)
 class RooflineAttention:
     """Attention from first principles: prefill is compute-bound, decode is bandwidth-bound.
@@ -62,9 +68,7 @@ class RooflineAttention:
     label: str = ANALYTIC_ATTENTION
 
     def prefill_s(self, chunk_tokens: int, kv_before: int) -> float:
-        # Causal attention over the chunk: each new token sees the cached prefix plus the
-        # earlier tokens of its own chunk (half the chunk on average).
-        pairs = chunk_tokens * (kv_before + (chunk_tokens + 1) / 2)
+        pairs = prefill_pairs(chunk_tokens, kv_before)
         compute = pairs * self.flops_per_token_pair / (self.peak_flops * self.prefill_efficiency)
         memory = (kv_before + chunk_tokens) * self.kv_bytes_per_token / self.bandwidth
         return max(compute, memory) + self.fixed_s
@@ -207,6 +211,9 @@ class LatencyModel:
             message = grid * model.hidden_size * model.dtype_bytes
             lut += 2 * all_reduce.at(message)
         lut[0] = 0.0
+        # A list for the hot paths (indexing a list is several times faster than an array);
+        # the array for `rebuilt`, which would otherwise convert 65k floats back each refit.
+        self._mlp_array = lut
         self._mlp_lut: list[float] = lut.tolist()
         self._max_tokens = max_batch_tokens
         if compat not in ("none", "vidur"):
@@ -253,9 +260,10 @@ class LatencyModel:
         tokens`, with new attention, overheads and mixed-launch decode (block.simulator.
         calibration builds them); nothing mutable is shared with `self`."""
         out = copy.copy(self)
-        lut = np.asarray(self._mlp_lut)
+        lut = self._mlp_array
         new = mlp_scale * lut + mlp_per_token_s * np.arange(len(lut), dtype=float)
         new[0] = 0.0
+        out._mlp_array = new
         out._mlp_lut = new.tolist()
         out.attention = attention
         out.overheads = overheads

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from block.simulator.calibration import StepShape
 
@@ -35,9 +36,25 @@ class _Member:
     arrival_s: float
 
 
+class InFlight(Protocol):
+    """What the observer reads of a request in flight (the sidecar passes its own records,
+    so a token costs no copy)."""
+
+    @property
+    def streaming(self) -> bool: ...
+    @property
+    def streamed(self) -> int: ...
+    @property
+    def arrival_s(self) -> float: ...
+    @property
+    def prompt_tokens(self) -> int: ...
+    @property
+    def cached_tokens(self) -> int: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Seen:
-    """What the observer needs to know of one request in flight."""
+    """A request in flight as a plain record (an `InFlight`)."""
 
     streaming: bool
     streamed: int
@@ -97,8 +114,8 @@ class StepObserver:
         rid: int,
         now: float,
         count: int,
-        me: Seen,
-        in_flight: Callable[[], Mapping[int, Seen]],
+        me: InFlight,
+        in_flight: Callable[[], Mapping[int, InFlight]],
     ) -> ObservedStep | None:
         """`count` tokens of request `rid` (as it was before them: `me`) arrived at `now`;
         `in_flight()` lists every request in flight before these tokens are counted, asked only
@@ -119,7 +136,7 @@ class StepObserver:
             member.count += count
         return closed
 
-    def _close(self, seen: Mapping[int, Seen]) -> ObservedStep | None:
+    def _close(self, seen: Mapping[int, InFlight]) -> ObservedStep | None:
         start, members = self._start, self._members
         assert start is not None
         prev = self._prev_start
@@ -160,7 +177,7 @@ class StepObserver:
     def _unclean(
         members: Mapping[int, _Member],
         decoding: frozenset[int],
-        seen: Mapping[int, Seen],
+        seen: Mapping[int, InFlight],
         step_start: float,
     ) -> str | None:
         if any(m.count != 1 for m in members.values()):
