@@ -32,6 +32,7 @@ from pathlib import Path
 
 import aiohttp
 import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
 
 from block.errors import ConfigError, UpstreamError
 from block.profiler import engine_tables, tables
@@ -207,12 +208,12 @@ async def _engine_facts(
     if model is not None and model not in names:
         raise ConfigError(f"the engine serves {names}, not {model!r}")
     info: dict[str, str] = {}
-    for line in metrics.splitlines():
-        if line.startswith("vllm:cache_config_info{"):
-            body = line[line.index("{") + 1 : line.rindex("}")]
-            for part in body.split('",'):
-                key, _, value = part.partition('="')
-                info[key.strip()] = value.strip('"')
+    try:
+        for family in text_string_to_metric_families(metrics):
+            if family.name == "vllm:cache_config_info" and family.samples:
+                info = dict(family.samples[0].labels)
+    except ValueError:  # not Prometheus text: profile without the engine's cache facts
+        logger.warning("cannot parse %s/metrics; assuming blocks of 16 tokens", url)
     return model or names[0], info
 
 
