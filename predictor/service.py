@@ -366,7 +366,10 @@ def create_app(
             prior_output_tokens=settings.prior_output_tokens,
             clock=clock,
         )
-        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30.0)
+        # Idle connections to the engine are dropped before the engine drops them: vLLM's
+        # server (uvicorn) closes idle keep-alive connections after 5 s, and a request sent on
+        # one it is closing fails ("Server disconnected"), seen against the real engine.
+        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=4.0)
         async with aiohttp.ClientSession(connector=connector) as session:
             side = Sidecar(
                 settings, twin, tokens if tokens is not None else Tokens.llama3(), session

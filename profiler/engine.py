@@ -222,7 +222,10 @@ async def _run(
 ) -> EngineProfile:
     started = time.monotonic()
     timeout = aiohttp.ClientTimeout(total=req.timeout_s, sock_connect=5.0)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
+    # A connection per request: between probes the engine may close an idle keep-alive
+    # connection just as it is reused ("Server disconnected"); on loopback a connect is cheap.
+    connector = aiohttp.TCPConnector(limit=0, force_close=True)
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
         model, cache = await _engine_facts(session, req.url, req.model)
         budget = req.max_num_batched_tokens or 2048
         block_size = int(cache.get("block_size") or 16)
@@ -396,4 +399,9 @@ def run(
     req: EngineProfileRequest, progress: Callable[[str, int, int], None] | None = None
 ) -> EngineProfile:
     req.out_dir.mkdir(parents=True, exist_ok=True)
-    return asyncio.run(_run(req, progress or (lambda label, i, n: None)))
+    try:
+        return asyncio.run(_run(req, progress or (lambda label, i, n: None)))
+    except (aiohttp.ClientError, TimeoutError) as e:
+        raise UpstreamError(
+            f"the engine at {req.url} failed during profiling: {type(e).__name__}: {e}"
+        ) from e
