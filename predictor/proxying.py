@@ -20,6 +20,7 @@ by the template's end-of-turn token, as the next turn's prompt will render it.
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -47,6 +48,8 @@ logger = logging.getLogger(__name__)
 Kind = Literal["completion", "chat"]
 # Prompts longer than this are tokenized in a worker thread while the request goes out.
 COUNT_OFFLOAD_CHARS = 256
+# Sizes of completed requests kept for the autoscaler's load reports (`/v1/state`).
+RECENT_SIZES = 128
 # Request headers passed to the engine (hop-by-hop ones and Host are not).
 FORWARD_HEADERS = ("authorization", "accept", "x-request-id", "traceparent")
 
@@ -73,6 +76,11 @@ class Proxy:
         self._remembering: set[asyncio.Future[None]] = set()  # answers being hashed
         # Told of every completed request with its arrival prediction (the calibrator).
         self.on_outcome: Callable[[Outcome], None] | None = None
+        # [prompt_tokens, output_tokens] of the last requests completed, newest last: the
+        # request-size mix the autoscaler simulates (every gateway's requests pass here once).
+        self.recent_sizes: collections.deque[tuple[int, int]] = collections.deque(
+            maxlen=RECENT_SIZES
+        )
 
     # ------------------------------------------------------------------ entry
     async def handle(self, request: web.Request, kind: Kind) -> web.StreamResponse:
@@ -205,8 +213,11 @@ class Proxy:
     # ------------------------------------------------------------------ accounting
     def _complete(self, flight: _Flight, completion_tokens: int | None, text: str = "") -> None:
         self.metrics.requests.labels("completed").inc()
+        tracked = flight.tracked
         outcome = flight.finish(completion_tokens)
         if outcome is not None:
+            if tracked is not None and outcome.output_tokens >= 1:
+                self.recent_sizes.append((max(1, tracked.prompt_tokens), outcome.output_tokens))
             self._observe(outcome)
             if flight.block_hashes is not None and text:
                 task = asyncio.ensure_future(self._remember(flight, text))

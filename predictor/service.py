@@ -230,6 +230,7 @@ class Sidecar:
             state_age_s=min(twin.state_age_s(), 1e9),
             length_extensions=twin.num_extensions,
             resyncs=twin.num_resyncs,
+            recent_sizes=list(self.proxy.recent_sizes),
             config=TwinConfig(
                 scheduler=cfg.scheduler,
                 max_num_batched_tokens=cfg.max_num_batched_tokens,

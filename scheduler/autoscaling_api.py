@@ -212,14 +212,17 @@ class Autoscaling:
     async def load(self, request: web.Request) -> web.Response:
         gw = self._running()
         replicas = gw.replicas.all()
-        await self._refresh(gw.session, replicas)
+        # Every sidecar is asked: its figures, and the sizes of the requests it completed
+        # (whichever gateway sent them).
+        states = await asyncio.gather(*(_ask_state(gw.session, r, self._clock) for r in replicas))
+        sizes = merge_sizes([s.recent_sizes for s in states if s is not None], MAX_SIZES)
         now = self._clock()
         interval, arrivals, cv = self.window.report(now)
         report = LoadReport(
             interval_seconds=interval,
             arrivals=arrivals,
             interarrival_cv=cv,
-            sizes=list(self.sizes),
+            sizes=sizes or list(self.sizes),
             replicas=[_replica_load(r, now) for r in replicas],
         )
         return web.json_response(text=report.model_dump_json())
@@ -283,7 +286,9 @@ class Autoscaling:
             await asyncio.gather(*(_ask_state(session, r, self._clock) for r in stale))
 
 
-async def _ask_state(session: aiohttp.ClientSession, r: Replica, clock: Clock) -> None:
+async def _ask_state(
+    session: aiohttp.ClientSession, r: Replica, clock: Clock
+) -> StateResponse | None:
     """Refresh `r`'s figures from its sidecar; keep the old ones when it does not answer."""
     sent = clock()
     try:
@@ -291,13 +296,28 @@ async def _ask_state(session: aiohttp.ClientSession, r: Replica, clock: Clock) -
             r.url + "/v1/state", timeout=aiohttp.ClientTimeout(total=STATE_TIMEOUT_S)
         ) as resp:
             if resp.status != 200:
-                return  # a plain OpenAI server: its figures stay what routing saw
+                return None  # a plain OpenAI server: its figures stay what routing saw
             state = StateResponse.model_validate_json(await resp.read())
     except (aiohttp.ClientError, TimeoutError, ValidationError) as e:
         logger.debug("no state from %s: %s", r.name, e)
-        return
+        return None
     r.note_figures(state.load, sent, state.model)
     r.sidecar_inflight = (state.inflight, sent)
+    return state
+
+
+def merge_sizes(per_replica: list[list[tuple[int, int]]], limit: int) -> list[tuple[int, int]]:
+    """The replicas' recent sizes (each oldest first) taken newest first in turn, so every
+    replica is represented when there are more than `limit`."""
+    out: list[tuple[int, int]] = []
+    depth = max((len(sizes) for sizes in per_replica), default=0)
+    for back in range(1, depth + 1):
+        for sizes in per_replica:
+            if back <= len(sizes):
+                out.append(sizes[-back])
+                if len(out) == limit:
+                    return out
+    return out
 
 
 def _replica_load(r: Replica, now: float) -> ReplicaLoad:

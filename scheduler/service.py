@@ -321,10 +321,13 @@ def create_app(
     estimator: Estimator | None = None,
     discovery: discovery_mod.Discovery | None = None,
     tokens: Tokens | None = None,
+    inference: bool = True,
 ) -> web.Application:
     """The gateway. `estimator` is an already loaded length estimator (None: the prior);
     `discovery` defaults to what the settings say; `tokens` an already loaded tokenizer for
-    prefix hashes (None: loaded at start-up when the settings and the policy use them)."""
+    prefix hashes (None: loaded at start-up when the settings and the policy use them).
+    `inference=False`: the endpoint picker's admin app (`block epp`), which serves no OpenAI
+    routes of its own (Envoy carries them) but everything else on the same state."""
     check_policies(settings)  # a bad name fails here, not at start-up
     disc = discovery or make_discovery(settings)
     app = web.Application(middlewares=[problems], client_max_size=settings.max_body_bytes)
@@ -410,10 +413,11 @@ def create_app(
         "/v1/completions": LeanCompletions(app, "completions"),
         "/v1/chat/completions": LeanCompletions(app, "chat"),
     }
-    app[LEAN_ROUTES] = lean
-    app.router.add_post("/v1/completions", generate)
-    app.router.add_post("/v1/chat/completions", generate)
-    app.router.add_get("/v1/models", models)
+    if inference:
+        app[LEAN_ROUTES] = lean
+        app.router.add_post("/v1/completions", generate)
+        app.router.add_post("/v1/chat/completions", generate)
+        app.router.add_get("/v1/models", models)
     app.router.add_get("/v1/replicas", replicas_view)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_endpoint)

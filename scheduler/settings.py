@@ -24,9 +24,22 @@ class SchedulerSettings(BaseSettings):
         env_prefix="BLOCK_SCHEDULER_", frozen=True, extra="ignore", populate_by_name=True
     )
 
-    # Address and port the gateway listens on.
+    # Address and port the gateway listens on (`block gateway`: Envoy's listener). `block epp`
+    # binds its gRPC and admin ports on `host`; `block gateway` binds them on loopback.
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8080
+    # The endpoint picker's ports: Envoy's external-processing gRPC API (9002 is what the
+    # Gateway API Inference Extension's examples use), and the HTTP admin port (metrics,
+    # /v1/replicas, the autoscaling API, /healthz). 0: any free port.
+    grpc_port: Annotated[int, Field(ge=0, le=65535)] = 9002
+    admin_port: Annotated[int, Field(ge=0, le=65535)] = 9090
+    # `block gateway` only: Envoy's own admin interface (stats, config dump), on loopback; its
+    # worker threads (0: one per core); how long Envoy waits for the picker's answer to one
+    # message before it routes without it (round-robin over the replicas, counted in Envoy's
+    # ext_proc failure_mode_allowed stat).
+    envoy_admin_port: Annotated[int, Field(ge=0, le=65535)] = 9901
+    envoy_concurrency: Annotated[int, Field(ge=0, le=256)] = 0
+    picker_timeout_s: Seconds = 1.0
 
     # Routing policy (block.simulator.policies names; `power-of-k` and `block-k` take `k`).
     policy: str = "block"
@@ -48,6 +61,9 @@ class SchedulerSettings(BaseSettings):
     # the slice's first port.
     port_name: str | None = "http"
     scheme: Literal["http", "https"] = "http"
+    # `block gateway` with k8s discovery: NAME:PORT of a headless Service resolving to every
+    # replica's sidecar, Envoy's host set (the picker's choices are taken from it).
+    replicas_dns: str | None = None
 
     # Predictor fan-out: how long a request waits for predictions before deciding with whoever
     # answered. A few ms: a loopback/in-cluster predict round trip takes well under 2 ms.

@@ -110,3 +110,9 @@ class StateResponse(WireModel):
     length_extensions: int  # in-flight requests that outran their estimate, so far
     resyncs: int  # corrections of the twin's progress to the tokens streamed, so far
     config: TwinConfig
+    # [prompt_tokens, output_tokens] of the requests completed last, oldest first (every
+    # gateway's): the request-size mix the autoscaler simulates.
+    recent_sizes: Annotated[
+        list[tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]]],
+        Field(max_length=512),
+    ] = Field(default_factory=list)

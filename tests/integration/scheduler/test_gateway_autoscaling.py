@@ -29,7 +29,7 @@ async def post(gw: Any, payload: dict[str, Any]) -> tuple[int, str]:
         s.post(gw.make_url("/v1/completions"), json=payload) as r,
     ):
         await r.read()
-        return r.status, r.headers.get("x-block-replica", "")
+        return r.status, r.headers.get("x-gateway-destination-endpoint-served", "")
 
 
 async def load(gw: Any) -> LoadReport:

@@ -20,7 +20,7 @@ async def chat(http: aiohttp.ClientSession, url: str, messages: list[Any]) -> tu
     async with http.post(url + "/v1/chat/completions", json=body) as r:
         assert r.status == 200, await r.text()
         reply = (await r.json())["choices"][0]["message"]["content"]
-        return r.headers.get("x-block-replica", ""), reply
+        return r.headers.get("x-gateway-destination-endpoint-served", ""), reply
 
 
 @pytest.mark.parametrize("policy", ["prefix-affinity", "block-ttft"])

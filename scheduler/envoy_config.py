@@ -1,0 +1,357 @@
+"""Envoy's bootstrap for `block gateway`: pure rendering from the gateway's settings.
+
+One listener serves the OpenAI API. Completion routes pass Envoy's ext_proc filter, which asks
+the endpoint picker (`block epp`) for the replica; the `replicas` cluster's load balancer
+(`override_host`) sends the request to the picked `ip:port`, and on a failure before the first
+byte Envoy retries the next endpoint of the picker's list. When the picker is down or slow,
+ext_proc fails open (`failure_mode_allow`) and the same load balancer's fallback policy,
+round-robin, serves the request: no 503 for want of a decision. That is counted in Envoy's
+stat `http.block.ext_proc.failure_mode_allowed`.
+
+Other routes: `/v1/models` and whatever else is under `/v1/` go to the replicas round-robin
+without the picker; `/metrics`, `/healthz`, `/v1/replicas` and `/v1/autoscaling/*` go to the
+picker's admin port (the operator and Prometheus keep their addresses); Envoy's own Prometheus
+stats are at `/stats/prometheus`. Streams pass through untouched (no body is sent to the picker
+in the response direction; the ext_proc stream ends when the request does).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+EXT_PROC = "envoy.filters.http.ext_proc"
+STAT_PREFIX = "block"
+# Statuses on which Envoy tries the next endpoint, before any byte reached the client.
+RETRIABLE_STATUSES = (429, 500, 502, 503, 504)
+_TYPE = "type.googleapis.com/"
+
+
+@dataclass(frozen=True)
+class EnvoyLayout:
+    """Where everything is: Envoy's own ports, the picker's, and the replicas'."""
+
+    listen_host: str
+    listen_port: int
+    admin_port: int  # Envoy's admin interface, loopback only
+    picker_host: str
+    picker_grpc_port: int
+    picker_admin_port: int
+    # Replicas as `ip:port` (static), or one DNS name:port that resolves to every replica (a
+    # headless Service on Kubernetes): Envoy's host set, from which the picker's choice is
+    # taken and over which the fallback round-robin runs.
+    replicas: Sequence[str]
+
+
+@dataclass(frozen=True)
+class EnvoyPolicy:
+    """What the gateway's settings decide about traffic."""
+
+    max_attempts: int
+    connect_timeout_s: float
+    read_timeout_s: float  # longest silence from an engine mid-answer
+    picker_timeout_s: float
+    max_body_bytes: int
+    access_log: bool = True
+
+
+def render(layout: EnvoyLayout, policy: EnvoyPolicy) -> dict[str, Any]:
+    """The bootstrap, as a JSON-able dict (Envoy reads JSON as YAML)."""
+    return {
+        "admin": {"address": _socket("127.0.0.1", layout.admin_port)},
+        "overload_manager": {
+            # Without a bound Envoy warns at start and accepts connections until fds run out.
+            "resource_monitors": [
+                {
+                    "name": "envoy.resource_monitors.global_downstream_max_connections",
+                    "typed_config": {
+                        "@type": _TYPE + "envoy.extensions.resource_monitors."
+                        "downstream_connections.v3.DownstreamConnectionsConfig",
+                        "max_active_downstream_connections": 50000,
+                    },
+                }
+            ]
+        },
+        "static_resources": {
+            "listeners": [_listener(layout, policy)],
+            "clusters": [
+                _picker_cluster(layout),
+                _plain_cluster("picker_admin", layout.picker_host, layout.picker_admin_port),
+                _plain_cluster("envoy_admin", "127.0.0.1", layout.admin_port),
+                _replicas_cluster(layout, policy),
+            ],
+        },
+    }
+
+
+def _listener(layout: EnvoyLayout, policy: EnvoyPolicy) -> dict[str, Any]:
+    hcm: dict[str, Any] = {
+        "@type": _TYPE
+        + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": STAT_PREFIX,
+        "codec_type": "AUTO",
+        # A stream may be silent while a long prompt is prefilled; the route's idle timeout
+        # bounds silence from the engine, this one the whole exchange's inactivity.
+        "stream_idle_timeout": _duration(policy.read_timeout_s),
+        "route_config": {"name": "openai", "virtual_hosts": [_virtual_host(policy)]},
+        "http_filters": [_ext_proc_filter(policy), _router_filter()],
+    }
+    if policy.access_log:
+        hcm["access_log"] = [_access_log()]
+    return {
+        "name": "openai",
+        "address": _socket(layout.listen_host, layout.listen_port),
+        # Envoy buffers a request body for the picker up to this (413 beyond).
+        "per_connection_buffer_limit_bytes": policy.max_body_bytes,
+        "filter_chains": [
+            {
+                "filters": [
+                    {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}
+                ]
+            }
+        ],
+    }
+
+
+def _virtual_host(policy: EnvoyPolicy) -> dict[str, Any]:
+    no_picker = {EXT_PROC: {"@type": _TYPE + _EXT_PROC_PER_ROUTE, "disabled": True}}
+    admin_routes = [
+        _route({"path": "/metrics"}, "picker_admin", no_picker),
+        _route({"path": "/healthz"}, "picker_admin", no_picker),
+        _route({"path": "/v1/replicas"}, "picker_admin", no_picker),
+        _route({"prefix": "/v1/autoscaling/"}, "picker_admin", no_picker),
+        _route({"path": "/stats/prometheus"}, "envoy_admin", no_picker),
+    ]
+    upstream = {
+        "cluster": "replicas",
+        "timeout": "0s",  # streams last as long as generation does
+        "idle_timeout": _duration(policy.read_timeout_s),
+        "retry_policy": {
+            "retry_on": "connect-failure,refused-stream,reset-before-request,"
+            "retriable-status-codes",
+            "retriable_status_codes": list(RETRIABLE_STATUSES),
+            "num_retries": policy.max_attempts - 1,
+        },
+    }
+    served = [
+        {
+            "header": {"key": "x-gateway-destination-endpoint-served", "value": "%UPSTREAM_HOST%"},
+            "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+        }
+    ]
+    completion_routes = [
+        {
+            "match": {"path": path},
+            "route": upstream,
+            "response_headers_to_add": served,
+        }
+        for path in ("/v1/completions", "/v1/chat/completions")
+    ]
+    rest = {
+        "match": {"prefix": "/"},
+        "route": upstream,
+        "response_headers_to_add": served,
+        "typed_per_filter_config": no_picker,
+    }
+    return {
+        "name": "openai",
+        "domains": ["*"],
+        "routes": [*admin_routes, *completion_routes, rest],
+    }
+
+
+_EXT_PROC_PER_ROUTE = "envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute"
+
+
+def _route(match: dict[str, str], cluster: str, per_filter: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "match": match,
+        "route": {"cluster": cluster, "timeout": "30s"},
+        "typed_per_filter_config": per_filter,
+    }
+
+
+def _ext_proc_filter(policy: EnvoyPolicy) -> dict[str, Any]:
+    return {
+        "name": EXT_PROC,
+        "typed_config": {
+            "@type": _TYPE + "envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
+            "grpc_service": {
+                "envoy_grpc": {"cluster_name": "picker"},
+                "timeout": _duration(max(policy.picker_timeout_s, 1.0)),
+            },
+            "failure_mode_allow": True,
+            "message_timeout": _duration(policy.picker_timeout_s),
+            # Headers and the whole body in; response headers back (status, who served it).
+            # No body in the response direction: a stream's chunks never cross the picker.
+            "processing_mode": {
+                "request_header_mode": "SEND",
+                "request_body_mode": "BUFFERED",
+                "request_trailer_mode": "SKIP",
+                "response_header_mode": "SEND",
+                "response_body_mode": "NONE",
+                "response_trailer_mode": "SKIP",
+            },
+            "metadata_options": {
+                "forwarding_namespaces": {"untyped": ["envoy.lb", "envoy.lb.subset_hint"]},
+                "receiving_namespaces": {"untyped": ["envoy.lb"]},
+            },
+        },
+    }
+
+
+def _router_filter() -> dict[str, Any]:
+    return {
+        "name": "envoy.filters.http.router",
+        "typed_config": {"@type": _TYPE + "envoy.extensions.filters.http.router.v3.Router"},
+    }
+
+
+def _access_log() -> dict[str, Any]:
+    fields = {
+        "time": "%START_TIME%",
+        "method": "%REQ(:METHOD)%",
+        "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+        "status": "%RESPONSE_CODE%",
+        "flags": "%RESPONSE_FLAGS%",
+        "duration_ms": "%DURATION%",
+        "ttfb_ms": "%RESPONSE_DURATION%",
+        "bytes_in": "%BYTES_RECEIVED%",
+        "bytes_out": "%BYTES_SENT%",
+        "upstream": "%UPSTREAM_HOST%",
+        "attempts": "%UPSTREAM_REQUEST_ATTEMPT_COUNT%",
+        "request_id": "%REQ(X-REQUEST-ID)%",
+    }
+    return {
+        "name": "envoy.access_loggers.stdout",
+        "typed_config": {
+            "@type": _TYPE + "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
+            "log_format": {"json_format": fields},
+        },
+    }
+
+
+def _picker_cluster(layout: EnvoyLayout) -> dict[str, Any]:
+    cluster = _plain_cluster("picker", layout.picker_host, layout.picker_grpc_port)
+    cluster["typed_extension_protocol_options"] = {
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": _TYPE + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http2_protocol_options": {}},
+        }
+    }
+    cluster["circuit_breakers"] = _no_circuit_breaking()
+    return cluster
+
+
+def _plain_cluster(name: str, host: str, port: int) -> dict[str, Any]:
+    return {
+        "name": name,
+        "type": "STATIC" if _is_ip(host) else "STRICT_DNS",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [_lb_endpoint(host, port)]}],
+        },
+    }
+
+
+def _replicas_cluster(layout: EnvoyLayout, policy: EnvoyPolicy) -> dict[str, Any]:
+    hosts = [split_host_port(a) for a in layout.replicas]
+    static = all(_is_ip(h) for h, _ in hosts)
+    cluster: dict[str, Any] = {
+        "name": "replicas",
+        "type": "STATIC" if static else "STRICT_DNS",
+        "connect_timeout": _duration(policy.connect_timeout_s),
+        "load_balancing_policy": {
+            "policies": [
+                {
+                    "typed_extension_config": {
+                        "name": "envoy.load_balancing_policies.override_host",
+                        "typed_config": {
+                            "@type": _TYPE + "envoy.extensions.load_balancing_policies."
+                            "override_host.v3.OverrideHost",
+                            "override_host_sources": [{"header": "x-gateway-destination-endpoint"}],
+                            "fallback_policy": {
+                                "policies": [
+                                    {
+                                        "typed_extension_config": {
+                                            "name": "envoy.load_balancing_policies.round_robin",
+                                            "typed_config": {
+                                                "@type": _TYPE + "envoy.extensions."
+                                                "load_balancing_policies.round_robin.v3."
+                                                "RoundRobin"
+                                            },
+                                        }
+                                    }
+                                ]
+                            },
+                        },
+                    }
+                }
+            ]
+        },
+        "circuit_breakers": _no_circuit_breaking(),
+        # Below the sidecars' own keep-alive (aiohttp: 75 s), so Envoy closes idle
+        # connections first instead of reusing one the sidecar is closing.
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": _TYPE + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "common_http_protocol_options": {"idle_timeout": "30s"},
+                "explicit_http_config": {"http_protocol_options": {}},
+            }
+        },
+        "load_assignment": {
+            "cluster_name": "replicas",
+            "endpoints": [{"lb_endpoints": [_lb_endpoint(h, p) for h, p in hosts]}],
+        },
+    }
+    if not static:
+        cluster["dns_refresh_rate"] = "5s"
+        cluster["respect_dns_ttl"] = True
+    return cluster
+
+
+def _no_circuit_breaking() -> dict[str, Any]:
+    # Envoy's defaults (1,024 requests in flight per cluster) would answer 503 to a busy
+    # gateway; queues belong to the engines, admission to the picker.
+    big = 1_000_000
+    return {
+        "thresholds": [
+            {
+                "max_connections": big,
+                "max_pending_requests": big,
+                "max_requests": big,
+                "max_retries": big,
+            }
+        ]
+    }
+
+
+def _lb_endpoint(host: str, port: int) -> dict[str, Any]:
+    return {"endpoint": {"address": _socket(host, port)}}
+
+
+def _socket(host: str, port: int) -> dict[str, Any]:
+    return {"socket_address": {"address": host, "port_value": port}}
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.3f}s"
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def split_host_port(address: str) -> tuple[str, int]:
+    """`ip:port`, `[v6]:port` or `name:port` -> (host, port)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"{address!r} is not host:port")
+    return host.strip("[]"), int(port)
