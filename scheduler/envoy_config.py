@@ -8,11 +8,12 @@ ext_proc fails open (`failure_mode_allow`) and the same load balancer's fallback
 round-robin, serves the request: no 503 for want of a decision. That is counted in Envoy's
 stat `http.block.ext_proc.failure_mode_allowed`.
 
-Other routes: `/v1/models` and whatever else is under `/v1/` go to the replicas round-robin
-without the picker; `/metrics`, `/healthz`, `/v1/replicas` and `/v1/autoscaling/*` go to the
-picker's admin port (the operator and Prometheus keep their addresses); Envoy's own Prometheus
-stats are at `/stats/prometheus`. Streams pass through untouched (no body is sent to the picker
-in the response direction; the ext_proc stream ends when the request does).
+Other routes: `/v1/models` and whatever else the replicas serve pass the picker too (API keys;
+placed on the replica with least in flight); `/metrics`, `/healthz`, `/v1/replicas` and
+`/v1/autoscaling/*` go to the picker's admin port (the operator and Prometheus keep their
+addresses); Envoy's own Prometheus stats are at `/stats/prometheus`. Streams pass through
+untouched (no body is sent to the picker in the response direction; the ext_proc stream ends
+when the request does).
 """
 
 from __future__ import annotations
@@ -149,12 +150,9 @@ def _virtual_host(policy: EnvoyPolicy) -> dict[str, Any]:
         }
         for path in ("/v1/completions", "/v1/chat/completions")
     ]
-    rest = {
-        "match": {"prefix": "/"},
-        "route": upstream,
-        "response_headers_to_add": served,
-        "typed_per_filter_config": no_picker,
-    }
+    # Everything else passes the picker too: it checks API keys and places what no policy
+    # reads (models, ...) on the replica with least in flight.
+    rest = {"match": {"prefix": "/"}, "route": upstream, "response_headers_to_add": served}
     return {
         "name": "openai",
         "domains": ["*"],

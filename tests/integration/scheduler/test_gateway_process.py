@@ -1,5 +1,5 @@
-"""`block scheduler` as a process: starts (uvloop, the shipped length estimator), serves through
-real sidecars, and stops cleanly on SIGTERM."""
+"""`block gateway` and `block epp` as processes: they start (Envoy from the wheel, the shipped
+length estimator), serve through real sidecars, and stop cleanly on SIGTERM."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import grpc
 import openai
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 MODEL = "meta-llama/Llama-2-7b-hf"
 
@@ -25,7 +27,7 @@ def free_port() -> int:
         return port
 
 
-async def test_block_scheduler_command(cluster: Any, tmp_path: Path) -> None:
+async def test_block_gateway_command(cluster: Any, tmp_path: Path) -> None:
     replicas = await cluster(2)
     port = free_port()
     keys = tmp_path / "keys"
@@ -34,7 +36,9 @@ async def test_block_scheduler_command(cluster: Any, tmp_path: Path) -> None:
     exe = Path(sys.executable).parent / "block"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [str(exe), "scheduler", "--port", str(port), "--policy", "block",
+            [str(exe), "gateway", "--port", str(port), "--policy", "block",
+             "--grpc-port", str(free_port()), "--admin-port", str(free_port()),
+             "--envoy-admin-port", str(free_port()), "--envoy-concurrency", "1",
              "--replicas", ",".join(r.url for r in replicas), "--api-keys-file", str(keys),
              "--length-source", "estimator", "--predict-deadline-ms", "250"],
             stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -65,3 +69,39 @@ async def test_block_scheduler_command(cluster: Any, tmp_path: Path) -> None:
     text = log.read_text()
     assert rc == 0, text
     assert "k-123" not in text and "Traceback" not in text
+    assert '"path":"/v1/completions"' in text  # Envoy's access log, one JSON line a request
+
+
+async def test_block_epp_command(cluster: Any, tmp_path: Path) -> None:
+    replicas = await cluster(1)
+    grpc_port, admin_port = free_port(), free_port()
+    log = tmp_path / "epp.log"
+    exe = Path(sys.executable).parent / "block"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [str(exe), "epp", "--grpc-port", str(grpc_port), "--admin-port", str(admin_port),
+             "--policy", "round-robin", "--replicas", replicas[0].url],
+            stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )  # fmt: skip
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            request = health_pb2.HealthCheckRequest(service="readiness")
+            for _ in range(300):
+                assert proc.poll() is None, log.read_text()
+                try:
+                    answer = await health.Check(request, timeout=1)
+                    break
+                except grpc.aio.AioRpcError:
+                    await asyncio.sleep(0.1)
+            assert answer.status == health_pb2.HealthCheckResponse.SERVING
+        async with (
+            aiohttp.ClientSession() as s,
+            s.get(f"http://127.0.0.1:{admin_port}/v1/replicas") as r,
+        ):
+            assert [x["url"] for x in (await r.json())["replicas"]] == [replicas[0].url]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rc = await asyncio.to_thread(proc.wait, 30)
+    text = log.read_text()
+    assert rc == 0 and "Traceback" not in text, text
