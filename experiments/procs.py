@@ -1,6 +1,6 @@
 """A Block cluster on loopback as child processes: engine twins, predictor sidecars, a gateway.
 
-Each process is `block engine`, `block predictor` or `block scheduler` from the running
+Each process is `block engine`, `block predictor` or `block gateway` from the running
 installation, on a free port, logging to `<log_dir>/<name>.log`. Start-up waits for each to
 answer its health endpoint; shutdown sends SIGTERM, waits, then SIGKILL, and always runs
 (context manager), so no process outlives the experiment.
@@ -133,8 +133,11 @@ class LocalCluster:
 
     @contextlib.contextmanager
     def gateway(self, policy: str) -> Iterator[str]:
-        """A gateway with `policy` over every sidecar; stopped on exit."""
-        argv = ["scheduler", "--policy", policy, "--replicas", ",".join(self.sidecars),
+        """A gateway (`block gateway`: Envoy and the endpoint picker) with `policy` over every
+        sidecar; stopped on exit."""
+        argv = ["gateway", "--policy", policy, "--replicas", ",".join(self.sidecars),
+                "--grpc-port", str(free_port()), "--admin-port", str(free_port()),
+                "--envoy-admin-port", str(free_port()), "--envoy-concurrency", "1",
                 *self.gateway_args]  # fmt: skip
         proc = self._spawn(f"gateway-{policy}", argv, free_port(), "/healthz")
         try:

@@ -97,6 +97,7 @@ def _listener(layout: EnvoyLayout, policy: EnvoyPolicy) -> dict[str, Any]:
         # bounds silence from the engine, this one the whole exchange's inactivity.
         "stream_idle_timeout": _duration(policy.read_timeout_s),
         "route_config": {"name": "openai", "virtual_hosts": [_virtual_host(policy)]},
+        "local_reply_config": _local_replies(policy),
         "http_filters": [_ext_proc_filter(policy), _router_filter()],
     }
     if policy.access_log:
@@ -142,21 +143,46 @@ def _virtual_host(policy: EnvoyPolicy) -> dict[str, Any]:
             "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
         }
     ]
-    completion_routes = [
-        {
-            "match": {"path": path},
-            "route": upstream,
-            "response_headers_to_add": served,
-        }
-        for path in ("/v1/completions", "/v1/chat/completions")
-    ]
-    # Everything else passes the picker too: it checks API keys and places what no policy
-    # reads (models, ...) on the replica with least in flight.
-    rest = {"match": {"prefix": "/"}, "route": upstream, "response_headers_to_add": served}
+    openai_routes = []
+    # The picker also sees `GET /v1/models`: it checks API keys and places what no policy
+    # reads on the replica with least in flight.
+    for path, method in OPENAI_ROUTES:
+        openai_routes.append(
+            {
+                "match": {"path": path, "headers": [_method(method)]},
+                "route": upstream,
+                "response_headers_to_add": served,
+            }
+        )
+        openai_routes.append(_refusal({"path": path}, 405, f"{path} takes {method}", no_picker))
+    # Nothing else of a replica (its predictor API, its metrics) is reachable from outside.
+    unknown = _refusal({"prefix": "/"}, 404, "no such endpoint on this gateway", no_picker)
     return {
         "name": "openai",
         "domains": ["*"],
-        "routes": [*admin_routes, *completion_routes, rest],
+        "routes": [*admin_routes, *openai_routes, unknown],
+    }
+
+
+OPENAI_ROUTES = (
+    ("/v1/completions", "POST"),
+    ("/v1/chat/completions", "POST"),
+    ("/v1/models", "GET"),
+)
+
+
+def _method(method: str) -> dict[str, Any]:
+    return {"name": ":method", "string_match": {"exact": method}}
+
+
+def _refusal(
+    match: dict[str, str], status: int, detail: str, per_filter: dict[str, Any]
+) -> dict[str, Any]:
+    """A route Envoy answers itself (a local reply, worded as a problem document)."""
+    return {
+        "match": match,
+        "direct_response": {"status": status, "body": {"inline_string": detail}},
+        "typed_per_filter_config": per_filter,
     }
 
 
@@ -168,6 +194,71 @@ def _route(match: dict[str, str], cluster: str, per_filter: dict[str, Any]) -> d
         "match": match,
         "route": {"cluster": cluster, "timeout": "30s"},
         "typed_per_filter_config": per_filter,
+    }
+
+
+# Titles of the problem documents Envoy writes for its own answers (the picker's immediate
+# responses carry the picker's own documents and are left alone).
+LOCAL_REPLY_TITLES = {
+    400: "Invalid request",
+    404: "Not found",
+    405: "Method not allowed",
+    413: "Payload too large",
+    429: "Overloaded",
+    502: "Upstream error",
+    503: "Unavailable",
+    504: "Upstream timeout",
+}
+PICKER_DETAILS_PREFIX = "block_epp_"  # the picker's immediate responses say this in `details`
+
+
+def _local_replies(policy: EnvoyPolicy) -> dict[str, Any]:
+    """Envoy's own error answers (no route, body too large, no replica reachable after the
+    retries...) as the same `application/problem+json` documents the picker writes."""
+    not_the_picker = {
+        "extension_filter": {
+            "name": "envoy.access_loggers.extension_filters.cel",
+            "typed_config": {
+                "@type": _TYPE + "envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter",
+                "expression": f"!response.code_details.startsWith('{PICKER_DETAILS_PREFIX}')",
+            },
+        }
+    }
+    mappers = []
+    for status, title in [*LOCAL_REPLY_TITLES.items(), (0, "Gateway error")]:
+        condition: dict[str, Any] = not_the_picker
+        if status:
+            code = {
+                "status_code_filter": {
+                    "comparison": {
+                        "op": "EQ",
+                        "value": {"default_value": status, "runtime_key": "block.unused"},
+                    }
+                }
+            }
+            condition = {"and_filter": {"filters": [not_the_picker, code]}}
+        detail = "%LOCAL_REPLY_BODY%"
+        if status == 413:  # Envoy's own words do not say what the limit is
+            detail = (
+                f"the request body is over the gateway's limit of {policy.max_body_bytes} bytes"
+            )
+        mappers.append(
+            {"filter": condition, "body_format_override": _problem_format(title, detail)}
+        )
+    return {"mappers": mappers}
+
+
+def _problem_format(title: str, detail: str) -> dict[str, Any]:
+    return {
+        "json_format": {
+            "type": "about:blank",
+            "title": title,
+            "status": "%RESPONSE_CODE%",
+            "detail": detail,
+            "request_id": "%REQ(X-REQUEST-ID)%",
+            "error": {"message": detail, "type": "gateway_error", "code": "%RESPONSE_CODE%"},
+        },
+        "content_type": "application/problem+json",
     }
 
 

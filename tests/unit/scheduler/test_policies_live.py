@@ -1,7 +1,7 @@
 """Each routing policy, run by a live gateway over HTTP, routes as it is defined.
 
 The fake sidecars report different predictions and load figures; the gateway's
-`x-block-replica` answer header says where each request went.
+`x-gateway-destination-endpoint-served` answer header (Envoy's) says where each request went.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ async def test_block_picks_lowest_predicted_e2e(sidecars: Any, gateway: Any) -> 
     for _ in range(3):
         resp = await post(gw)
         assert resp.status == 200
-        assert resp.headers["x-block-replica"] == name_of(fakes[1])
+        assert resp.headers["x-gateway-destination-endpoint-served"] == name_of(fakes[1])
     # Every predictor was asked, with the prompt's estimated tokens and the capped prior.
     assert all(f.predicts == 3 for f in fakes)
     asked = fakes[0].predict_bodies[0]["candidates"][0]
@@ -53,9 +53,9 @@ async def test_block_ttft_picks_lowest_predicted_ttft(sidecars: Any, gateway: An
     for f, ttft, e2e in zip(fakes, (0.3, 0.2, 0.01), (0.5, 0.4, 3.0), strict=True):
         f.ttft_s, f.e2e_s = ttft, e2e
     gw = await gateway(fakes, policy="block-ttft")
-    assert (await post(gw)).headers["x-block-replica"] == name_of(fakes[2])
+    assert (await post(gw)).headers["x-gateway-destination-endpoint-served"] == name_of(fakes[2])
     gw2 = await gateway(fakes, policy="block")
-    assert (await post(gw2)).headers["x-block-replica"] == name_of(fakes[1])
+    assert (await post(gw2)).headers["x-gateway-destination-endpoint-served"] == name_of(fakes[1])
 
 
 async def test_block_prefers_replicas_meeting_the_slo(sidecars: Any, gateway: Any) -> None:
@@ -64,12 +64,12 @@ async def test_block_prefers_replicas_meeting_the_slo(sidecars: Any, gateway: An
     for f, ttft, e2e in zip(fakes, (0.9, 0.2, 0.3), (1.0, 1.5, 2.0), strict=True):
         f.ttft_s, f.e2e_s = ttft, e2e
     gw = await gateway(fakes, policy="block")
-    assert (await post(gw)).headers["x-block-replica"] == name_of(fakes[0])
+    assert (await post(gw)).headers["x-gateway-destination-endpoint-served"] == name_of(fakes[0])
     resp = await post(gw, **{"x-block-slo-ttft-ms": "500"})
-    assert resp.headers["x-block-replica"] == name_of(fakes[1])
+    assert resp.headers["x-gateway-destination-endpoint-served"] == name_of(fakes[1])
     # The cluster-wide SLO from settings applies when the request names none.
     gw2 = await gateway(fakes, policy="block", slo_ttft_s=0.5)
-    assert (await post(gw2)).headers["x-block-replica"] == name_of(fakes[1])
+    assert (await post(gw2)).headers["x-gateway-destination-endpoint-served"] == name_of(fakes[1])
 
 
 async def test_unmeetable_slo_is_429_unless_disabled(sidecars: Any, gateway: Any) -> None:
@@ -92,7 +92,7 @@ async def test_full_queues_are_429_when_limited(sidecars: Any, gateway: Any) -> 
     resp = await post(gw)
     assert resp.status == 429
     fakes[1].num_waiting = 7
-    assert (await post(gw)).headers["x-block-replica"] == name_of(fakes[1])
+    assert (await post(gw)).headers["x-gateway-destination-endpoint-served"] == name_of(fakes[1])
 
 
 @pytest.mark.parametrize(
@@ -116,7 +116,7 @@ async def test_load_policies(sidecars: Any, gateway: Any, policy: str, expected:
         f.waiting_prefill_tokens = pre
     gw = await gateway(fakes, policy=policy)
     resp = await post(gw)
-    assert resp.headers["x-block-replica"] == name_of(fakes[expected])
+    assert resp.headers["x-gateway-destination-endpoint-served"] == name_of(fakes[expected])
     # Load figures came from a fresh fan-out, not from anything cached.
     assert all(f.predicts == 1 for f in fakes)
 
@@ -132,7 +132,7 @@ async def test_cached_load_figures_skip_the_fan_out(sidecars: Any, gateway: Any)
 async def test_round_robin_takes_turns_and_asks_no_predictor(sidecars: Any, gateway: Any) -> None:
     fakes = await sidecars(3)
     gw = await gateway(fakes, policy="round-robin")
-    seen = [(await post(gw)).headers["x-block-replica"] for _ in range(6)]
+    seen = [(await post(gw)).headers["x-gateway-destination-endpoint-served"] for _ in range(6)]
     names = sorted(name_of(f) for f in fakes)
     assert seen == names + names
     assert all(f.predicts == 0 for f in fakes)
@@ -141,7 +141,9 @@ async def test_round_robin_takes_turns_and_asks_no_predictor(sidecars: Any, gate
 async def test_random_spreads_over_all(sidecars: Any, gateway: Any) -> None:
     fakes = await sidecars(3)
     gw = await gateway(fakes, policy="random", seed=7)
-    counts = collections.Counter([(await post(gw)).headers["x-block-replica"] for _ in range(30)])
+    counts = collections.Counter(
+        [(await post(gw)).headers["x-gateway-destination-endpoint-served"] for _ in range(30)]
+    )
     assert set(counts) == {name_of(f) for f in fakes}
 
 
@@ -156,7 +158,7 @@ async def test_power_of_k_asks_k_and_picks_the_less_loaded(sidecars: Any, gatewa
         resp = await post(gw)
         asked = [f for f, n in zip(fakes, before, strict=True) if f.predicts == n + 1]
         assert len(asked) == 2  # exactly k predictors asked per request
-        chosen = resp.headers["x-block-replica"]
+        chosen = resp.headers["x-gateway-destination-endpoint-served"]
         assert chosen == min(asked, key=lambda f: f.num_running).replica_name
         chosen_ever.add(chosen)
     assert name_of(fakes[3]) not in chosen_ever  # the most loaded never wins a pair
@@ -176,7 +178,7 @@ async def test_burst_does_not_herd(sidecars: Any, gateway: Any) -> None:
     fakes = await sidecars(4, generate_delay_s=0.3)
     gw = await gateway(fakes, policy="block")
     resps = await asyncio.gather(*(post(gw) for _ in range(8)))
-    counts = collections.Counter(r.headers["x-block-replica"] for r in resps)
+    counts = collections.Counter(r.headers["x-gateway-destination-endpoint-served"] for r in resps)
     assert len(counts) == 4 and max(counts.values()) == 2
 
 
