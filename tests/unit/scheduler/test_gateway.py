@@ -227,7 +227,7 @@ async def test_all_replicas_failing_answers_the_last_replicas_error(
     assert status == 500 and b"failing" in body
     assert sorted(len(f.output_tokens_headers) for f in fakes) == [1, 2]
     metrics = await scrape(gw)
-    assert metric(metrics, "block_scheduler_upstream_errors_total") >= 2
+    assert metric(metrics, "block_scheduler_upstream_errors_total") >= 1
     # Nothing reachable at all: Envoy's own 503, as a problem document.
     for f in fakes:
         assert f.server is not None
