@@ -23,6 +23,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from block.scheduler.epp_protocol import (
+    DESTINATION,
+    PICKER_DETAILS_PREFIX,
+    SERVED,
+)
+
 EXT_PROC = "envoy.filters.http.ext_proc"
 STAT_PREFIX = "block"
 # Statuses on which Envoy tries the next endpoint, before any byte reached the client.
@@ -139,7 +145,7 @@ def _virtual_host(policy: EnvoyPolicy) -> dict[str, Any]:
     }
     served = [
         {
-            "header": {"key": "x-gateway-destination-endpoint-served", "value": "%UPSTREAM_HOST%"},
+            "header": {"key": SERVED, "value": "%UPSTREAM_HOST%"},
             "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
         }
     ]
@@ -147,13 +153,12 @@ def _virtual_host(policy: EnvoyPolicy) -> dict[str, Any]:
     # The picker also sees `GET /v1/models`: it checks API keys and places what no policy
     # reads on the replica with least in flight.
     for path, method in OPENAI_ROUTES:
-        openai_routes.append(
-            {
-                "match": {"path": path, "headers": [_method(method)]},
-                "route": upstream,
-                "response_headers_to_add": served,
-            }
-        )
+        route: dict[str, Any] = {
+            "match": {"path": path, "headers": [_method(method)]},
+            "route": upstream,
+            "response_headers_to_add": served,
+        }
+        openai_routes.append(route)
         openai_routes.append(_refusal({"path": path}, 405, f"{path} takes {method}", no_picker))
     # Nothing else of a replica (its predictor API, its metrics) is reachable from outside.
     unknown = _refusal({"prefix": "/"}, 404, "no such endpoint on this gateway", no_picker)
@@ -209,7 +214,6 @@ LOCAL_REPLY_TITLES = {
     503: "Unavailable",
     504: "Upstream timeout",
 }
-PICKER_DETAILS_PREFIX = "block_epp_"  # the picker's immediate responses say this in `details`
 
 
 def _local_replies(policy: EnvoyPolicy) -> dict[str, Any]:
@@ -273,22 +277,27 @@ def _ext_proc_filter(policy: EnvoyPolicy) -> dict[str, Any]:
             },
             "failure_mode_allow": True,
             "message_timeout": _duration(policy.picker_timeout_s),
-            # Headers and the whole body in; response headers back (status, who served it).
-            # No body in the response direction: a stream's chunks never cross the picker.
-            "processing_mode": {
-                "request_header_mode": "SEND",
-                "request_body_mode": "BUFFERED",
-                "request_trailer_mode": "SKIP",
-                "response_header_mode": "SEND",
-                "response_body_mode": "NONE",
-                "response_trailer_mode": "SKIP",
-            },
+            "processing_mode": PROCESSING_MODE,
             "metadata_options": {
                 "forwarding_namespaces": {"untyped": ["envoy.lb", "envoy.lb.subset_hint"]},
                 "receiving_namespaces": {"untyped": ["envoy.lb"]},
             },
         },
     }
+
+
+# Headers and the whole body in; response headers back (status, who served it). No body in
+# the response direction: a stream's chunks never cross the picker, whose stream ends when the
+# request does. (The headers must be sent: Envoy picks the upstream when the headers pass, so
+# a picker that only saw the body would decide too late.)
+PROCESSING_MODE = {
+    "request_header_mode": "SEND",
+    "request_body_mode": "BUFFERED",
+    "request_trailer_mode": "SKIP",
+    "response_header_mode": "SEND",
+    "response_body_mode": "NONE",
+    "response_trailer_mode": "SKIP",
+}
 
 
 def _router_filter() -> dict[str, Any]:
@@ -361,7 +370,7 @@ def _replicas_cluster(layout: EnvoyLayout, policy: EnvoyPolicy) -> dict[str, Any
                         "typed_config": {
                             "@type": _TYPE + "envoy.extensions.load_balancing_policies."
                             "override_host.v3.OverrideHost",
-                            "override_host_sources": [{"header": "x-gateway-destination-endpoint"}],
+                            "override_host_sources": [{"header": DESTINATION}],
                             "fallback_policy": {
                                 "policies": [
                                     {

@@ -43,7 +43,15 @@ from google.protobuf import struct_pb2
 from block.errors import BlockError, InvalidRequest, Unavailable
 from block.scheduler import answers, parsing
 from block.scheduler.autoscaling_api import AUTOSCALING, Autoscaling
-from block.scheduler.envoy_config import PICKER_DETAILS_PREFIX
+from block.scheduler.epp_protocol import (
+    DESTINATION,
+    LB_NAMESPACE,
+    OUTPUT_TOKENS_HEADER,
+    PICKER_DETAILS_PREFIX,
+    SERVED,
+    SUBSET,
+    SUBSET_NAMESPACE,
+)
 from block.scheduler.replicas import Replica, Ticket
 from block.scheduler.routing import Decision
 from block.scheduler.service import GATEWAY, KEYS, Gateway
@@ -51,13 +59,6 @@ from block.simulator.policies import RouteRequest
 
 logger = logging.getLogger(__name__)
 
-DESTINATION = "x-gateway-destination-endpoint"
-SERVED = "x-gateway-destination-endpoint-served"
-SUBSET = "x-gateway-destination-endpoint-subset"
-LB_NAMESPACE = "envoy.lb"
-SUBSET_NAMESPACE = "envoy.lb.subset_hint"
-OUTPUT_TOKENS_HEADER = "x-block-output-tokens"
-SERVICE_NAME = "envoy.service.ext_proc.v3.ExternalProcessor"
 COMPLETION_PATHS: dict[str, parsing.Endpoint] = {
     "/v1/completions": "completions",
     "/v1/chat/completions": "chat",
@@ -138,8 +139,10 @@ class EndpointPicker(ext_proc_grpc.ExternalProcessorServicer):  # type: ignore[m
     def __init__(self, app: web.Application) -> None:
         self._app = app
         self._keys = app.get(KEYS)
-        self._strip = _CREDENTIALS if self._keys is not None else ()
-        self._continue_headers = _continue_headers(_STRIP + self._strip)
+        # Removed from what goes upstream: a client's own destination header, and the
+        # gateway's API keys (when it has keys, they are not the replicas' business).
+        self._strip = _STRIP + (_CREDENTIALS if self._keys is not None else ())
+        self._continue_headers = _continue_headers(self._strip)
 
     @property
     def _gw(self) -> Gateway:
@@ -176,23 +179,42 @@ class EndpointPicker(ext_proc_grpc.ExternalProcessorServicer):  # type: ignore[m
     async def _request_headers(
         self, gw: Gateway, ex: Exchange, message: ext_proc.ProcessingRequest
     ) -> ext_proc.ProcessingResponse:
-        headers = ex.headers = _headers(message.request_headers.headers.headers)
-        ex.path = path = headers.get(":path", "").partition("?")[0]
+        headers = _headers(message.request_headers.headers.headers)
+        method = headers.get(":method", "")
+        placed = self._admit(gw, ex, message, headers, method, "request_headers")
+        if placed is not None:
+            return placed
+        if message.request_headers.end_of_stream:
+            return self._refuse(
+                gw, ex, InvalidRequest("the request body is empty; send a JSON object")
+            )
+        return self._continue_headers
+
+    def _admit(
+        self,
+        gw: Gateway,
+        ex: Exchange,
+        message: ext_proc.ProcessingRequest,
+        headers: dict[str, str],
+        method: str,
+        phase: str,
+    ) -> ext_proc.ProcessingResponse | None:
+        """Check the request's headers; an answer unless it is a completion to route on its
+        body (then None). Requests that are not completions (models, or anything else a route
+        sends here) are placed at once: no body to read, no prediction to make."""
+        ex.headers = headers
+        ex.path = path = headers.get(":path", "").partition("?")[0] or "/"
         ex.request_id = headers.get("x-request-id") or os.urandom(16).hex()
         try:
             if self._keys is not None and path.startswith("/v1/"):
                 self._keys.check(headers.get("authorization"), headers.get("x-api-key"))
-            endpoint = COMPLETION_PATHS.get(path)
-            if endpoint is None or headers.get(":method") != "POST":
-                # Not a completion (models, or anything else the route sends here): no body
-                # to read, no prediction to make; the replica with least in flight serves it.
-                return self._place(gw, ex, message)
-            ex.endpoint = endpoint
-            if message.request_headers.end_of_stream:
-                raise InvalidRequest("the request body is empty; send a JSON object")
         except BlockError as e:
             return self._refuse(gw, ex, e)
-        return self._continue_headers
+        endpoint = COMPLETION_PATHS.get(path)
+        if endpoint is None or method != "POST":
+            return self._place(gw, ex, message, phase)
+        ex.endpoint = endpoint
+        return None
 
     async def _request_body(
         self, gw: Gateway, ex: Exchange, message: ext_proc.ProcessingRequest
@@ -231,7 +253,8 @@ class EndpointPicker(ext_proc_grpc.ExternalProcessorServicer):  # type: ignore[m
         ex.tickets.append(decision.ticket)
         ex.chosen = decision.replica
         extra = {OUTPUT_TOKENS_HEADER: str(output_tokens), "x-request-id": ex.request_id}
-        return _destination("request_body", self._endpoints(gw, decision, exclude), extra)
+        endpoints = self._endpoints(gw, decision, exclude)
+        return _destination("request_body", endpoints, extra, self._strip)
 
     def _response_headers(
         self, gw: Gateway, ex: Exchange, message: ext_proc.HttpHeaders
@@ -283,7 +306,7 @@ class EndpointPicker(ext_proc_grpc.ExternalProcessorServicer):  # type: ignore[m
         return self._app[AUTOSCALING]
 
     def _place(
-        self, gw: Gateway, ex: Exchange, message: ext_proc.ProcessingRequest
+        self, gw: Gateway, ex: Exchange, message: ext_proc.ProcessingRequest, phase: str
     ) -> ext_proc.ProcessingResponse:
         """Route a request no policy needs to read (no body, not a completion)."""
         exclude = self._outside_subset(gw, message)
@@ -295,7 +318,7 @@ class EndpointPicker(ext_proc_grpc.ExternalProcessorServicer):  # type: ignore[m
         ex.tickets.append(gw.replicas.dispatch(ordered[0], now))
         ex.chosen = ordered[0]
         picks = [address_of(r.url) for r in ordered[: gw.settings.max_attempts]]
-        return _destination("request_headers", picks, {}, self._strip)
+        return _destination(phase, picks, {}, self._strip)
 
     def _endpoints(self, gw: Gateway, decision: Decision, exclude: set[str]) -> list[str]:
         """The choice, then up to `max_attempts - 1` fallbacks: the other routable replicas

@@ -20,7 +20,8 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_proc_gr
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
-from block.scheduler.epp import SERVICE_NAME, EndpointPicker
+from block.scheduler.epp import EndpointPicker
+from block.scheduler.epp_protocol import SERVICE_NAME
 from block.scheduler.service import SETTINGS
 
 logger = logging.getLogger(__name__)

@@ -17,7 +17,13 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from google.protobuf import struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from block.scheduler.epp import DESTINATION, LB_NAMESPACE, SERVICE_NAME, SUBSET, SUBSET_NAMESPACE
+from block.scheduler.epp_protocol import (
+    DESTINATION,
+    LB_NAMESPACE,
+    SERVICE_NAME,
+    SUBSET,
+    SUBSET_NAMESPACE,
+)
 
 MODEL = "meta-llama/Llama-2-7b-hf"
 SHORT = {"model": MODEL, "prompt": "Say hello.", "max_tokens": 4, "ignore_eos": True}
