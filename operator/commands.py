@@ -27,6 +27,7 @@ def register(subparsers: Any) -> None:
         help="watch only this namespace (repeatable; default: all namespaces)",
     )
     run.add_argument("--image", help="Block image for predictors, gateways and engine twins")
+    run.add_argument("--cluster-domain", help="the cluster's DNS domain (cluster.local)")
     run.add_argument("--liveness-port", type=int, help="serve /healthz on this port")
     run.add_argument("--liveness-host", help="address of /healthz (default: all interfaces)")
     run.add_argument("--resync-interval", type=float, metavar="S", help="resync period, s")
@@ -42,6 +43,12 @@ def register(subparsers: Any) -> None:
     )
     render.add_argument("file", help="a BlockCluster manifest (YAML), '-' for stdin")
     render.add_argument("--image", help="Block image (default: the operator's default)")
+    render.add_argument("--cluster-domain", help="the cluster's DNS domain (cluster.local)")
+    render.add_argument(
+        "--inference-pool",
+        action="store_true",
+        help="as in a cluster with the InferencePool API: add the endpoint picker and the pool",
+    )
     render.set_defaults(handler=_render)
 
 
@@ -57,6 +64,7 @@ def _run(args: argparse.Namespace) -> int:
         for key, value in (
             ("namespaces", tuple(args.namespaces) if args.namespaces else None),
             ("image", args.image),
+            ("cluster_domain", args.cluster_domain),
             ("liveness_port", args.liveness_port),
             ("liveness_host", args.liveness_host),
             ("resync_interval_s", args.resync_interval),
@@ -110,7 +118,11 @@ def _render(args: argparse.Namespace) -> int:
     except pydantic.ValidationError as e:
         print(f"block operator render: invalid spec: {e}", file=sys.stderr)
         return 2
-    image = args.image or OperatorSettings().image
-    objects = children.render(cluster, spec, meta.RenderSettings(block_image=image))
+    defaults = OperatorSettings()
+    settings = meta.RenderSettings(
+        block_image=args.image or defaults.image,
+        cluster_domain=args.cluster_domain or defaults.cluster_domain,
+    )
+    objects = children.render(cluster, spec, settings, inference_pool=args.inference_pool)
     sys.stdout.write(yaml.safe_dump_all(objects, sort_keys=False))
     return 0

@@ -1,4 +1,5 @@
-"""The operator's few Kubernetes calls: server-side apply, get, status and scale patches.
+"""The operator's few Kubernetes calls: server-side apply, get, status and scale patches, and
+whether the cluster serves an API (discovery).
 
 `Kube` is the seam the reconciler depends on; `ClientKube` implements it over the official
 client's `ApiClient` (its transport, authentication and TLS), building request paths from a
@@ -26,6 +27,7 @@ PLURALS: dict[tuple[str, str], str] = {
     ("rbac.authorization.k8s.io/v1", "Role"): "roles",
     ("rbac.authorization.k8s.io/v1", "RoleBinding"): "rolebindings",
     ("block.dev/v1alpha1", "BlockCluster"): "blockclusters",
+    ("inference.networking.k8s.io/v1", "InferencePool"): "inferencepools",
 }
 
 APPLY_CONTENT_TYPE = "application/apply-patch+yaml"
@@ -33,16 +35,23 @@ MERGE_PATCH_CONTENT_TYPE = "application/merge-patch+json"
 
 
 class ApiError(UpstreamError):
-    """The apiserver refused a request; `code` is its HTTP status (0: no answer)."""
+    """The apiserver refused a request; `code` is its HTTP status (0: no answer), `causes` the
+    reasons its Status gave (`details.causes[].reason`)."""
 
-    def __init__(self, code: int, detail: str) -> None:
+    def __init__(self, code: int, detail: str, causes: tuple[str, ...] = ()) -> None:
         super().__init__(detail)
         self.code = code
+        self.causes = causes
 
     @property
     def is_client_error(self) -> bool:
         """The request itself was wrong (retrying the same one will not help)."""
         return 400 <= self.code < 500 and self.code not in (408, 409, 429)
+
+    @property
+    def namespace_terminating(self) -> bool:
+        """Refused because the namespace is being deleted: nothing new may be created there."""
+        return self.code == 403 and "NamespaceTerminating" in self.causes
 
 
 class Kube(Protocol):
@@ -60,24 +69,35 @@ class Kube(Protocol):
         self, api_version: str, kind: str, namespace: str, name: str, replicas: int
     ) -> RawObject: ...
 
+    async def serves(self, api_version: str, plural: str) -> bool:
+        """Whether the apiserver serves `plural` in `api_version` now (a CRD installed and
+        established, or a built-in API)."""
+        ...
+
+
+def group_version_path(api_version: str) -> str:
+    return "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+
 
 def object_path(api_version: str, kind: str, namespace: str, name: str) -> str:
     try:
         plural = PLURALS[(api_version, kind)]
     except KeyError:
         raise ValueError(f"the operator does not handle {kind} ({api_version})") from None
-    prefix = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
-    return f"{prefix}/namespaces/{namespace}/{plural}/{name}"
+    return f"{group_version_path(api_version)}/namespaces/{namespace}/{plural}/{name}"
 
 
-def _error_detail(status: int, data: bytes | None) -> str:
+def _error(status: int, data: bytes | None) -> ApiError:
+    """The error an apiserver answer describes (its Status object, if it sent one)."""
     try:
         body = json.loads(data or b"")
     except ValueError:
-        return f"HTTP {status}: {(data or b'').decode(errors='replace')[:200]}"
-    if isinstance(body, dict) and body.get("message"):
-        return str(body["message"])
-    return f"HTTP {status}"
+        return ApiError(status, f"HTTP {status}: {(data or b'').decode(errors='replace')[:200]}")
+    if not isinstance(body, dict):
+        return ApiError(status, f"HTTP {status}")
+    causes = (body.get("details") or {}).get("causes") or []
+    reasons = tuple(str(c["reason"]) for c in causes if isinstance(c, dict) and c.get("reason"))
+    return ApiError(status, str(body.get("message") or f"HTTP {status}"), reasons)
 
 
 def _present(result: RawObject | None, path: str) -> RawObject:
@@ -121,7 +141,7 @@ class ClientKube:
         if response.status == 404 and method == "GET":
             return None
         if not 200 <= response.status < 300:
-            raise ApiError(response.status, _error_detail(response.status, data))
+            raise _error(response.status, data)
         result: RawObject = json.loads(data)
         return result
 
@@ -159,3 +179,12 @@ class ClientKube:
             "PATCH", path, body=body, content_type=MERGE_PATCH_CONTENT_TYPE
         )
         return _present(result, path)
+
+    async def serves(self, api_version: str, plural: str) -> bool:
+        # Discovery, which every authenticated identity may read (the system:discovery role):
+        # no permission on CustomResourceDefinitions needed, and a CRD that exists but is not
+        # established yet is not listed.
+        found = await self._request("GET", group_version_path(api_version))
+        if found is None:
+            return False
+        return any(r.get("name") == plural for r in found.get("resources") or [])

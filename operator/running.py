@@ -60,7 +60,9 @@ def build_registry(
     kopf.on.startup(registry=registry)(configure)
     reconciler = reconciling.Reconciler(
         kube=kube_api,
-        render_settings=meta.RenderSettings(settings.image, settings.image_pull_policy),
+        render_settings=meta.RenderSettings(
+            settings.image, settings.image_pull_policy, settings.cluster_domain
+        ),
         field_manager=settings.field_manager,
     )
     handlers.register(registry, reconciler, settings, advisor)

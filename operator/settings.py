@@ -21,6 +21,11 @@ class OperatorSettings(BaseSettings):
     # the default.
     image: str = f"block:{__version__}"
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    # The cluster's DNS domain (the kubelet's --cluster-domain): the standalone gateway's Envoy
+    # resolves the engines' headless Service by its fully qualified name under it.
+    cluster_domain: Annotated[
+        str, Field(min_length=1, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    ] = "cluster.local"
     # Namespaces to watch; empty: every namespace (needs the chart's ClusterRole).
     namespaces: tuple[str, ...] = ()
     # Server-side apply field manager: names the operator in managedFields.

@@ -2,7 +2,8 @@
 
 Three conditions, each stamped with the generation they describe:
 
-- Ready: every engine replica of the current spec is ready and the gateway has its replicas.
+- Ready: every engine replica of the current spec is ready and the gateway (and the endpoint
+  picker, where there is one) has its replicas.
 - Progressing: a rollout or scaling is under way (new pods not all ready, old ones not gone).
 - Degraded: something needs a person: the spec could not be applied, or a Deployment is stuck
   (replica failures, progress deadline exceeded).
@@ -16,7 +17,7 @@ import dataclasses
 import datetime
 from typing import Any
 
-from block.operator.blockcluster import meta, scheduler_objects, specs
+from block.operator.blockcluster import meta, pool_objects, scheduler_objects, specs
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -65,12 +66,23 @@ class DeploymentView:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Observation:
-    """What one reconcile saw: the Deployments (None if absent) and any apply error."""
+    """What one reconcile saw: the Deployments (None if absent), whether the cluster serves the
+    InferencePool API (then the endpoint picker's Deployment belongs to the cluster too), and
+    any apply error."""
 
     engine: DeploymentView | None
     scheduler: DeploymentView | None
     error_reason: str | None = None
     error_message: str = ""
+    inference_pool: bool = False
+    epp: DeploymentView | None = None
+
+    def deployments(self) -> list[tuple[str, DeploymentView | None]]:
+        """The Deployments the cluster should have, by the name conditions call them."""
+        found = [("engine", self.engine), ("scheduler", self.scheduler)]
+        if self.inference_pool:
+            found.append(("endpoint picker", self.epp))
+        return found
 
 
 def _condition(
@@ -105,11 +117,10 @@ def compute(
     stamp = now.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     before: dict[str, specs.Condition] = {c.type: c for c in previous.conditions}
     engine, sched = seen.engine, seen.scheduler
+    deployments = seen.deployments()
 
     failures = [
-        f"{what}: {view.failure}"
-        for what, view in (("engine", engine), ("scheduler", sched))
-        if view is not None and view.failure
+        f"{what}: {view.failure}" for what, view in deployments if view is not None and view.failure
     ]
     if seen.error_reason:
         degraded = (True, seen.error_reason, seen.error_message)
@@ -118,12 +129,8 @@ def compute(
     else:
         degraded = (False, "AsExpected", "")
 
-    missing = [w for w, v in (("engine", engine), ("scheduler", sched)) if v is None]
-    pending = [
-        v.summary(w)
-        for w, v in (("engine", engine), ("scheduler", sched))
-        if v is not None and not v.rolled_out
-    ]
+    missing = [w for w, v in deployments if v is None]
+    pending = [v.summary(w) for w, v in deployments if v is not None and not v.rolled_out]
     if missing:
         progressing = (True, "Creating", f"waiting for {' and '.join(missing)} Deployment")
     elif pending:
@@ -154,8 +161,11 @@ def compute(
         ready_replicas=engine.ready if engine else 0,
         updated_replicas=engine.updated if engine else 0,
         scheduler_ready_replicas=sched.ready if sched else 0,
+        epp_ready_replicas=seen.epp.ready if seen.inference_pool and seen.epp else 0,
         selector=meta.selector_string(cluster, "engine"),
         endpoint=scheduler_objects.endpoint(cluster),
+        front_doors=["Gateway", "InferencePool"] if seen.inference_pool else ["Gateway"],
+        inference_pool=pool_objects.name(cluster) if seen.inference_pool else None,
         conditions=conditions,
         autoscaling=previous.autoscaling,  # the autoscaler's to write, not the reconciler's
     )

@@ -209,7 +209,10 @@ def spec_schema() -> RawSchema:
             },
             "scheduler": {
                 "type": "object",
-                "description": "The gateway that routes requests across replicas.",
+                "description": "The routing of requests across replicas: the standalone gateway "
+                "(block gateway: Envoy and Block's endpoint picker) and, where the cluster has "
+                "the InferencePool API, the endpoint picker a Gateway API implementation asks "
+                "(block epp), both with these settings.",
                 "default": {},
                 "properties": {
                     "policy": {
@@ -223,10 +226,13 @@ def spec_schema() -> RawSchema:
                             }
                         ],
                     },
-                    "replicas": _integer("Gateway replicas.", 1, 1, 100),
+                    "replicas": _integer("Gateway (and endpoint-picker) replicas.", 1, 1, 100),
                     "image": _image("Gateway image (default: the operator's Block image)."),
-                    "args": _args("Extra gateway arguments."),
-                    "resources": _resources("Gateway container resources."),
+                    "args": _args(
+                        "Extra block gateway arguments; the endpoint picker gets those "
+                        "block epp takes too (not the Envoy ones)."
+                    ),
+                    "resources": _resources("Gateway (and endpoint-picker) container resources."),
                 },
             },
             "replicas": _integer(
@@ -296,8 +302,24 @@ def status_schema() -> RawSchema:
             "readyReplicas": {**count, "description": "Engine pods that are ready."},
             "updatedReplicas": {**count, "description": "Engine pods of the current spec."},
             "schedulerReadyReplicas": {**count, "description": "Gateway pods that are ready."},
+            "eppReadyReplicas": {
+                **count,
+                "description": "Endpoint-picker pods (block epp) that are ready.",
+            },
             "selector": _string("Label selector of the engine pods (scale subresource)."),
-            "endpoint": _string("In-cluster URL of the gateway."),
+            "endpoint": _string("In-cluster URL of the standalone gateway."),
+            "frontDoors": {
+                "type": "array",
+                "description": "Ways in: Gateway (the standalone gateway, Service "
+                "NAME-scheduler), and InferencePool where the cluster serves the Gateway API "
+                "Inference Extension's InferencePool API (route an HTTPRoute to it).",
+                "items": {"type": "string", "enum": ["Gateway", "InferencePool"]},
+                "x-kubernetes-list-type": "set",
+            },
+            "inferencePool": _string(
+                "Name of the InferencePool (group inference.networking.k8s.io) an HTTPRoute's "
+                "backendRef names; absent without the InferencePool API."
+            ),
             "conditions": {
                 "type": "array",
                 "items": condition,

@@ -1,9 +1,16 @@
-"""The engine replicas: a Deployment of engine + predictor-sidecar pods, and their Service.
+"""The engine replicas: a Deployment of engine + predictor-sidecar pods, and their Services.
 
 Each pod runs the engine (stock vLLM, or `block engine`, the simulated twin) on
 `ENGINE_PORT` and `block predictor` on `PREDICTOR_PORT` in front of it. The predictor is in the
-request path, so the Service (which the gateway discovers through its EndpointSlices) targets
-the predictor, never the engine directly.
+request path, so both Services target the predictor, never the engine directly:
+
+- `NAME-engine` (ClusterIP): the pickers discover replicas through its EndpointSlices.
+- `NAME-engine-headless` (no cluster IP): its DNS name resolves to every ready replica's pod
+  IP, which is how the standalone gateway's Envoy learns its hosts. Envoy's `override_host`
+  load balancer only sends to hosts its cluster knows, so a ClusterIP (one virtual IP) would
+  leave it nowhere to send the picker's choice. It is a second Service rather than the first
+  made headless because a Service's clusterIP cannot change once set: clusters created by an
+  older operator would be stuck.
 """
 
 from __future__ import annotations
@@ -156,3 +163,39 @@ def deployment(
 
 def service(cluster: meta.ClusterRef) -> dict[str, Any]:
     return meta.http_service(cluster, COMPONENT)
+
+
+HEADLESS_PART = "engine-headless"
+
+
+def headless_service(cluster: meta.ClusterRef) -> dict[str, Any]:
+    """Every ready replica's sidecar by DNS (A records of the pod IPs; no virtual IP)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": meta.metadata(cluster, HEADLESS_PART, COMPONENT),
+        "spec": {
+            "clusterIP": "None",
+            "selector": meta.selector_labels(cluster, COMPONENT),
+            # Only ready replicas resolve: a starting engine gets no traffic, not even the
+            # round-robin Envoy falls back to when the picker is down.
+            "publishNotReadyAddresses": False,
+            "ports": [
+                {
+                    "name": "http",
+                    "port": meta.PREDICTOR_PORT,
+                    "targetPort": "http",
+                    "protocol": "TCP",
+                }
+            ],
+        },
+    }
+
+
+def replicas_dns(cluster: meta.ClusterRef, settings: meta.RenderSettings) -> str:
+    """`NAME:PORT` of the headless Service for `block gateway --replicas-dns`: fully qualified,
+    so Envoy's resolver makes one lookup, not one per search domain, and with the sidecar's own
+    port (a headless Service maps no ports: clients connect to the pod IPs directly)."""
+    name = meta.child_name(cluster, HEADLESS_PART)
+    host = f"{name}.{cluster.namespace}.svc.{settings.cluster_domain}"
+    return f"{host}:{meta.PREDICTOR_PORT}"

@@ -19,12 +19,18 @@ MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY = "block-operator"
 CONFIG_HASH_ANNOTATION = "block.dev/config-hash"
 
-# Ports inside the pods. The predictor sidecar fronts the engine, so the engine Service points
+# Ports inside the pods. The predictor sidecar fronts the engine, so the engine Services point
 # at the predictor; the engine itself listens on its own port for the sidecar and the probes.
 ENGINE_PORT = 8001
 PREDICTOR_PORT = 8000
-SCHEDULER_PORT = 8080
+SCHEDULER_PORT = 8080  # the standalone gateway's listener (Envoy)
 SERVICE_PORT = 80
+# The endpoint picker (`block epp`): Envoy's ext_proc gRPC API, which a Gateway API
+# implementation reaches through the InferencePool's endpointPickerRef (9002 is the port the
+# Gateway API Inference Extension's examples use), and its HTTP admin port (metrics, /healthz,
+# /v1/replicas, the autoscaling API).
+EPP_GRPC_PORT = 9002
+EPP_ADMIN_PORT = 9090
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -49,10 +55,12 @@ class ClusterRef:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class RenderSettings:
-    """Operator-wide inputs to rendering: the Block image that runs Block's own processes."""
+    """Operator-wide inputs to rendering: the Block image that runs Block's own processes, and
+    the cluster's DNS domain (Envoy resolves the engines' headless Service by its full name)."""
 
     block_image: str
     image_pull_policy: str = "IfNotPresent"
+    cluster_domain: str = "cluster.local"
 
 
 def child_name(cluster: ClusterRef, part: str) -> str:
@@ -123,6 +131,16 @@ def restricted_security_context(run_as_user: int) -> dict[str, Any]:
 def http_probe(path: str, port: str, period_s: int, failure_threshold: int) -> dict[str, Any]:
     return {
         "httpGet": {"path": path, "port": port},
+        "periodSeconds": period_s,
+        "timeoutSeconds": 2,
+        "failureThreshold": failure_threshold,
+    }
+
+
+def grpc_probe(port: int, service: str, period_s: int, failure_threshold: int) -> dict[str, Any]:
+    """The kubelet's gRPC health check (a number, not a port name: the API takes no names)."""
+    return {
+        "grpc": {"port": port, "service": service},
         "periodSeconds": period_s,
         "timeoutSeconds": 2,
         "failureThreshold": failure_threshold,

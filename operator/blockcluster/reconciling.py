@@ -1,10 +1,12 @@
 """One reconcile of a BlockCluster: render its children, apply them, write its status.
 
-Level-triggered and idempotent: every pass re-reads the BlockCluster, applies the full set of
-children with server-side apply (so a pass with nothing to change writes nothing, a deleted
-child comes back and a hand-edited field owned by the operator is set back), then derives the
-status from the Deployments. Any trigger may call it (the BlockCluster's own events, a child's
-event, the resync timer); passes for one cluster run one at a time.
+Level-triggered and idempotent: every pass re-reads the BlockCluster, asks the apiserver
+whether it serves the InferencePool API (discovery: a CRD installed later is picked up by the
+next pass, at the latest the resync timer's), applies the full set of children with
+server-side apply (so a pass with nothing to change writes nothing, a deleted child comes back
+and a hand-edited field owned by the operator is set back), then derives the status from the
+Deployments. Any trigger may call it (the BlockCluster's own events, a child's event, the
+resync timer); passes for one cluster run one at a time.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 import pydantic
 
 from block.operator import kube as kube_
-from block.operator.blockcluster import children, conditions, meta, specs
+from block.operator.blockcluster import children, conditions, epp_objects, meta, pool_objects, specs
 
 logger = logging.getLogger(__name__)
 
@@ -72,49 +74,63 @@ class Reconciler:
         cluster = meta.ClusterRef.from_body(body)
         previous = _previous_status(body)
 
+        pool = await self.kube.serves(pool_objects.API_VERSION, pool_objects.PLURAL)
         try:
             spec = specs.parse_spec(body.get("spec"))
         except pydantic.ValidationError as e:
             message = _validation_message(e)
-            status = await self._write_status(cluster, None, previous, "InvalidSpec", message)
+            status = await self._write_status(cluster, pool, previous, "InvalidSpec", message)
             return Result(Outcome.INVALID, status, message)
 
         try:
-            for obj in children.render(cluster, spec, self.render_settings):
+            for obj in children.render(cluster, spec, self.render_settings, inference_pool=pool):
                 await self.kube.apply(obj, field_manager=self.field_manager)
         except kube_.ApiError as e:
+            if e.namespace_terminating:
+                # Its namespace is being deleted, the cluster with it; children that do not
+                # exist yet (the picker, for a CRD installed since) can no longer be created.
+                return Result(Outcome.GONE)
             if not e.is_client_error:
                 raise
             message = f"the apiserver rejected a child: {e.detail}"
-            status = await self._write_status(cluster, spec, previous, "ApplyRejected", message)
+            status = await self._write_status(cluster, pool, previous, "ApplyRejected", message)
             return Result(Outcome.INVALID, status, message)
 
-        status = await self._write_status(cluster, spec, previous, None, "")
+        status = await self._write_status(cluster, pool, previous, None, "")
         return Result(Outcome.APPLIED, status)
+
+    async def _deployment(
+        self, cluster: meta.ClusterRef, part: str
+    ) -> conditions.DeploymentView | None:
+        body = await self.kube.get(
+            "apps/v1", "Deployment", cluster.namespace, meta.child_name(cluster, part)
+        )
+        return conditions.DeploymentView.from_body(body) if body else None
 
     async def _write_status(
         self,
         cluster: meta.ClusterRef,
-        spec: specs.BlockClusterSpec | None,
+        inference_pool: bool,
         previous: specs.BlockClusterStatus,
         error_reason: str | None,
         error_message: str,
     ) -> specs.BlockClusterStatus:
-        views = []
-        for part in ("engine", "scheduler"):
-            body = await self.kube.get(
-                "apps/v1", "Deployment", cluster.namespace, meta.child_name(cluster, part)
-            )
-            views.append(conditions.DeploymentView.from_body(body) if body else None)
-        seen = conditions.Observation(views[0], views[1], error_reason, error_message)
+        seen = conditions.Observation(
+            engine=await self._deployment(cluster, "engine"),
+            scheduler=await self._deployment(cluster, "scheduler"),
+            error_reason=error_reason,
+            error_message=error_message,
+            inference_pool=inference_pool,
+            epp=await self._deployment(cluster, epp_objects.COMPONENT) if inference_pool else None,
+        )
         status = conditions.compute(cluster, seen, previous, self.clock())
         if status != previous:
+            body = status.model_dump(by_alias=True, exclude_none=True)
+            # A merge patch keeps what it does not null: a pool gone with its CRD must go from
+            # the status too.
+            body.setdefault("inferencePool", None)
             await self.kube.patch_status(
-                specs.API_VERSION,
-                specs.KIND,
-                cluster.namespace,
-                cluster.name,
-                status.model_dump(by_alias=True, exclude_none=True),
+                specs.API_VERSION, specs.KIND, cluster.namespace, cluster.name, body
             )
         return status
 

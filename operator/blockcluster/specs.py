@@ -116,7 +116,8 @@ class PredictorSpec(CrdModel):
 
 
 class SchedulerSpec(CrdModel):
-    """The gateway that routes requests across the replicas."""
+    """How requests are routed across the replicas: the standalone gateway and, where the
+    cluster has the InferencePool API, the endpoint picker, both with these settings."""
 
     policy: str = "block"
     replicas: Annotated[int, Field(ge=1, le=100)] = 1
@@ -170,6 +171,10 @@ class BlockClusterSpec(CrdModel):
 
 
 ConditionType = Literal["Ready", "Progressing", "Degraded"]
+# Ways into a cluster: the standalone gateway (`block gateway`, always), and an InferencePool
+# whose endpoint picker is `block epp`, for a Gateway API implementation (where the cluster has
+# the InferencePool API).
+FrontDoor = Literal["Gateway", "InferencePool"]
 ConditionStatus = Literal["True", "False", "Unknown"]
 
 
@@ -210,8 +215,11 @@ class BlockClusterStatus(CrdModel):
     ready_replicas: int = 0
     updated_replicas: int = 0
     scheduler_ready_replicas: int = 0
+    epp_ready_replicas: int = 0
     selector: str = ""
     endpoint: str = ""
+    front_doors: list[FrontDoor] = Field(default_factory=list)
+    inference_pool: str | None = None
     conditions: list[Condition] = Field(default_factory=list)
     autoscaling: AutoscalingStatus | None = None
 

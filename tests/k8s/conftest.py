@@ -388,6 +388,12 @@ class Api:
             if e.code != 404:
                 raise
 
+    def serves(self, group_version_path: str, plural: str) -> bool:
+        """Whether discovery lists `plural` under `/apis/<group>/<version>` (what the operator
+        asks before rendering an InferencePool)."""
+        found = self.get(group_version_path) or {}
+        return any(r.get("name") == plural for r in found.get("resources", []))
+
 
 def wait_for(what: str, check: Callable[[], Any], timeout_s: float = 60.0) -> Any:
     """Poll `check` until it returns something truthy; fail saying what never happened."""
@@ -624,6 +630,7 @@ _PLURALS = {
     "Service": ("services", True),
     "ConfigMap": ("configmaps", True),
     "BlockCluster": ("blockclusters", True),
+    "InferencePool": ("inferencepools", True),
 }
 
 
@@ -673,6 +680,42 @@ def blockcluster_crd(api: Api) -> dict[str, Any]:
 
     wait_for("the BlockCluster CRD to be established", established, 30)
     return crd
+
+
+INFERENCE_POOL_CRD = (
+    Path(__file__).with_name("crds") / "inference.networking.k8s.io_inferencepools.yaml"
+)
+INFERENCE_POOL_API = "/apis/inference.networking.k8s.io/v1"
+
+
+def inference_pool_api_served(api: Api) -> bool:
+    return api.serves(INFERENCE_POOL_API, "inferencepools")
+
+
+@pytest.fixture
+def inference_pool_crd(api: Api) -> Iterator[Callable[[], dict[str, Any]]]:
+    """`install()`: the Gateway API Inference Extension's published InferencePool CRD (v1),
+    installed and established; removed again after the test (with every InferencePool), so the
+    other tests see a cluster without the API. Tests that need the CRD from the start call it
+    first; others install it midway, to see the operator notice."""
+    crd = yaml.safe_load(INFERENCE_POOL_CRD.read_text())
+    installed: list[bool] = []
+
+    def install() -> dict[str, Any]:
+        apply(api, crd)
+        installed.append(True)
+        wait_for("the InferencePool API to be served", lambda: inference_pool_api_served(api), 30)
+        return crd
+
+    assert not inference_pool_api_served(api), "a previous test left the InferencePool CRD"
+    yield install
+    if installed:
+        api.delete(object_path(crd))
+        wait_for(
+            "the InferencePool CRD to be gone",
+            lambda: api.get(object_path(crd)) is None and not inference_pool_api_served(api),
+            60,
+        )
 
 
 @dataclasses.dataclass

@@ -1,4 +1,6 @@
-"""The Helm chart and the kustomize manifests: lint, render, install, and run as their RBAC allows.
+"""The Helm chart and the kustomize manifests: lint, render, install, and run as their RBAC allows;
+the chart's routing for engine pods it does not manage (the endpoint picker with an
+InferencePool, the standalone gateway), installed against the published InferencePool CRD.
 
 helm is the one built by tools/k8s (pinned version), talking to the test control plane.
 """
@@ -149,6 +151,7 @@ def test_helm_install_then_operator_as_the_chart_service_account(
     control_plane: ControlPlane,
     api: Api,
     namespace: str,
+    inference_pool_crd: Any,
     start_operator: Any,
     service_account_kubeconfig: Any,
     api_for_token: Any,
@@ -157,6 +160,7 @@ def test_helm_install_then_operator_as_the_chart_service_account(
 ) -> None:
     release = f"block-{secrets.token_hex(3)}"  # also the release's namespace
     values = ["--set", f"operator.watchNamespaces={{{namespace}}}"] if mode == "namespaced" else []
+    inference_pool_crd()  # the chart's RBAC must let the operator create the pool too
     _helm(
         control_plane, "install", release, str(CHART), "--namespace", release,
         "--create-namespace", "--wait", "--timeout", "120s", *values,
@@ -187,6 +191,11 @@ def test_helm_install_then_operator_as_the_chart_service_account(
         assert engine is not None
         images = {c["image"] for c in engine["spec"]["template"]["spec"]["containers"]}
         assert images == {env["BLOCK_OPERATOR_IMAGE"]}
+        status = (api.get(path) or {})["status"]
+        assert status["frontDoors"] == ["Gateway", "InferencePool"]
+        pools = f"/apis/inference.networking.k8s.io/v1/namespaces/{namespace}/inferencepools"
+        assert api.get(f"{pools}/{status['inferencePool']}") is not None
+        assert api.get(f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}-epp") is not None
         log = operator.log_text()
         assert "Forbidden" not in log, log[-3000:]
 
@@ -200,6 +209,164 @@ def test_helm_install_then_operator_as_the_chart_service_account(
         with pytest.raises(as_operator.Error) as caught:
             as_operator.request("GET", f"/api/v1/namespaces/{namespace}/secrets")
         assert caught.value.code == 403
+        with pytest.raises(as_operator.Error) as caught:
+            as_operator.request("DELETE", f"{pools}/{status['inferencePool']}")
+        assert caught.value.code == 403
     finally:
         _helm(control_plane, "uninstall", release, "--namespace", release, check=False)
         api.delete(f"/api/v1/namespaces/{release}")
+
+
+ROUTING = [
+    "--set", "epp.enabled=true",
+    "--set", "gateway.enabled=true",
+    "--set", "epp.engineSelector.app=my-vllm",
+    "--set", "epp.policy=llumnix",
+    "--set-string", "epp.args={--slo-ttft-ms,500}",
+]  # fmt: skip
+
+
+def test_routing_is_off_by_default_and_needs_an_engine_selector(
+    control_plane: ControlPlane,
+) -> None:
+    kinds = {d["kind"] for d in _template(control_plane)}
+    assert not kinds & {"InferencePool", "Service", "Role"}
+    result = _helm(
+        control_plane, "template", "block", str(CHART), "--set", "gateway.enabled=true",
+        check=False,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "epp.engineSelector must name the labels of your engine pods" in result.stderr
+
+
+def _named(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    (found,) = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    return found
+
+
+def _argv(deployment: dict[str, Any]) -> list[str]:
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return [*container["command"], *container["args"]]
+
+
+def test_chart_renders_the_picker_the_pool_and_the_gateway(control_plane: ControlPlane) -> None:
+    from block import cli
+
+    docs = _template(control_plane, *ROUTING)
+    routing = sorted(
+        (d["kind"], d["metadata"]["name"]) for d in docs if not d["kind"].startswith("Cluster")
+    )
+    assert routing == [
+        ("Deployment", "block"),  # the operator
+        ("Deployment", "block-epp"),
+        ("Deployment", "block-gateway"),
+        ("InferencePool", "block"),
+        ("Role", "block-picker"),
+        ("RoleBinding", "block-picker"),
+        ("Service", "block-engines"),
+        ("Service", "block-epp"),
+        ("Service", "block-gateway"),
+        ("ServiceAccount", "block"),
+        ("ServiceAccount", "block-picker"),
+    ]
+    engines = _named(docs, "Service", "block-engines")["spec"]
+    assert engines["clusterIP"] == "None" and engines["selector"] == {"app": "my-vllm"}
+    assert engines["ports"] == [{"name": "http", "port": 8000, "targetPort": 8000,
+                                 "protocol": "TCP"}]  # fmt: skip
+
+    epp = _argv(_named(docs, "Deployment", "block-epp"))
+    gateway = _argv(_named(docs, "Deployment", "block-gateway"))
+    assert epp[:2] == ["block", "epp"] and gateway[:2] == ["block", "gateway"]
+    for argv in (epp, gateway):
+        # What the image runs parses with the real CLI, into k8s discovery of the engines.
+        args = cli.build_parser().parse_args(argv[1:])
+        assert callable(args.handler)
+        assert (args.discover, args.namespace, args.service) == ("k8s", "block-system",
+                                                                 "block-engines")  # fmt: skip
+        assert (args.policy, args.slo_ttft_ms, args.port_name) == ("llumnix", 500.0, "http")
+    assert "--replicas-dns=block-engines.block-system.svc.cluster.local:8000" in gateway
+    for name in ("block-epp", "block-gateway"):
+        pod = _named(docs, "Deployment", name)["spec"]["template"]["spec"]
+        assert pod["serviceAccountName"] == "block-picker"
+        (container,) = pod["containers"]
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+        assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
+
+    pool = _named(docs, "InferencePool", "block")
+    assert pool["spec"] == {
+        "selector": {"matchLabels": {"app": "my-vllm"}},
+        "targetPorts": [{"number": 8000}],
+        "endpointPickerRef": {"kind": "Service", "name": "block-epp", "port": {"number": 9002},
+                              "failureMode": "FailOpen"},
+    }  # fmt: skip
+    ports = {p["name"]: p for p in _named(docs, "Service", "block-epp")["spec"]["ports"]}
+    assert (ports["grpc"]["port"], ports["grpc"]["appProtocol"]) == (9002, "http2")
+    role = _named(docs, "Role", "block-picker")
+    assert {v for rule in role["rules"] for v in rule["verbs"]} == {"get", "list", "watch"}
+
+    # The gateway alone (no Gateway API implementation): no picker Deployment, no pool.
+    alone = _template(control_plane, "--set", "gateway.enabled=true",
+                      "--set", "epp.engineSelector.app=my-vllm")  # fmt: skip
+    assert not [d for d in alone if d["kind"] == "InferencePool" or d["metadata"]["name"] ==
+                "block-epp"]  # fmt: skip
+
+
+def test_helm_install_routing_for_your_own_engines(
+    control_plane: ControlPlane,
+    api: Api,
+    namespace: str,
+    inference_pool_crd: Any,
+    service_account_kubeconfig: Any,
+    api_for_token: Any,
+    wait_for: Any,
+) -> None:
+    """Installed against the published InferencePool CRD: the apiserver accepts the pool, and the
+    picker's identity reads the engines' EndpointSlices and nothing more."""
+    inference_pool_crd()
+    release = f"r-{secrets.token_hex(3)}"
+    engines = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "my-vllm"},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": "my-vllm"}},
+            "template": {
+                "metadata": {"labels": {"app": "my-vllm"}},
+                "spec": {"containers": [{"name": "predictor", "image": "block:test",
+                                         "ports": [{"name": "http", "containerPort": 8000}]}]},
+            },
+        },
+    }  # fmt: skip
+    api.create(f"/apis/apps/v1/namespaces/{namespace}/deployments", engines)
+    installed = _helm(
+        control_plane, "install", release, str(CHART), "--namespace", namespace,
+        "--wait", "--timeout", "120s", *ROUTING,
+    )  # fmt: skip
+    try:
+        assert f"InferencePool {release}-block" in installed.stdout  # NOTES
+        pool = api.get(
+            f"/apis/inference.networking.k8s.io/v1/namespaces/{namespace}/inferencepools/"
+            f"{release}-block"
+        )
+        assert pool is not None
+        # Server-side defaults of the real CRD filled in.
+        assert pool["spec"]["appProtocol"] == "http"
+        assert pool["spec"]["endpointPickerRef"]["group"] == ""
+
+        _, token = service_account_kubeconfig(namespace, f"{release}-block-picker")
+        as_picker = api_for_token(token)
+        slices = f"/apis/discovery.k8s.io/v1/namespaces/{namespace}/endpointslices"
+
+        def engine_endpoints() -> int:
+            items = as_picker.list(slices, f"kubernetes.io/service-name={release}-block-engines")
+            return sum(len(s.get("endpoints") or []) for s in items)
+
+        wait_for("the engines Service to list both engine pods", lambda: engine_endpoints() == 2)
+        for forbidden in (f"/api/v1/namespaces/{namespace}/pods",
+                          f"/api/v1/namespaces/{namespace}/secrets"):  # fmt: skip
+            with pytest.raises(as_picker.Error) as caught:
+                as_picker.request("GET", forbidden)
+            assert caught.value.code == 403
+    finally:
+        _helm(control_plane, "uninstall", release, "--namespace", namespace, check=False)

@@ -1,8 +1,9 @@
-"""The operator against the real control plane: children, status, validation, repair, deletion.
+"""The operator against the real control plane: children, status, validation, repair, deletion,
+and the InferencePool front door once the cluster has that CRD (the published one).
 
 Each test runs its own `block operator run` subprocess watching only the test's namespace.
-kwok plays the kubelet, so the engine and gateway pods turn Running and Ready (their containers
-never run: what is checked is the operator's and Kubernetes' side).
+kwok plays the kubelet, so the engine, gateway and picker pods turn Running and Ready (their
+containers never run: what is checked is the operator's and Kubernetes' side).
 """
 
 from __future__ import annotations
@@ -62,7 +63,8 @@ def _ready_at(api: Api, path: str, generation: int) -> Callable[[], dict[str, An
 
 
 def _children(api: Api, namespace: str, name: str) -> dict[str, list[dict[str, Any]]]:
-    """Every child kind -> the objects of that kind labelled as this cluster's."""
+    """Every child kind -> the objects of that kind labelled as this cluster's (InferencePools
+    only where the cluster serves them)."""
     selector = f"{meta.CLUSTER_LABEL}={name}"
     found = {}
     for api_version, kind in children.CHILD_KINDS:
@@ -74,7 +76,10 @@ def _children(api: Api, namespace: str, name: str) -> dict[str, list[dict[str, A
             "RoleBinding": "rolebindings",
             "Service": "services",
             "Deployment": "deployments",
+            "InferencePool": "inferencepools",
         }[kind]
+        if kind == "InferencePool" and not api.serves(f"/apis/{api_version}", plural):
+            continue
         found[kind] = api.list(f"{prefix}/namespaces/{namespace}/{plural}", selector)
     return found
 
@@ -104,6 +109,9 @@ def test_create_makes_owned_children_and_becomes_ready(
     assert status["schedulerReadyReplicas"] == 1
     assert status["selector"] == "app.kubernetes.io/component=engine,block.dev/cluster=demo"
     assert status["endpoint"] == f"http://demo-scheduler.{namespace}.svc:80"
+    # No InferencePool API in this cluster: the standalone gateway is the one way in.
+    assert status["frontDoors"] == ["Gateway"]
+    assert "inferencePool" not in status and status.get("eppReadyReplicas", 0) == 0
     assert _condition(cluster, "Progressing")["status"] == "False"
     assert _condition(cluster, "Degraded")["status"] == "False"
 
@@ -113,7 +121,7 @@ def test_create_makes_owned_children_and_becomes_ready(
         "ServiceAccount": 1,
         "Role": 1,
         "RoleBinding": 1,
-        "Service": 2,
+        "Service": 3,
         "Deployment": 2,
     }
     for objs in found.values():
@@ -130,6 +138,15 @@ def test_create_makes_owned_children_and_becomes_ready(
     ]
     assert _container(engine, "engine")["command"] == ["block", "engine"]
     assert _container(engine, "predictor")["image"] == "block:test"
+
+    # The standalone gateway: Envoy over the headless engine Service's pod IPs.
+    gateway = _container(_deployment(api, namespace, "demo-scheduler"), "scheduler")
+    assert gateway["command"] == ["block", "gateway"]
+    dns = gateway["args"][gateway["args"].index("--replicas-dns") + 1]
+    assert dns == f"demo-engine-headless.{namespace}.svc.cluster.local:{meta.PREDICTOR_PORT}"
+    headless = api.get(f"/api/v1/namespaces/{namespace}/services/demo-engine-headless")
+    assert headless is not None and headless["spec"]["clusterIP"] == "None"
+    assert headless["spec"]["selector"] == engine["spec"]["selector"]["matchLabels"]
 
     pods = api.list(f"/api/v1/namespaces/{namespace}/pods", status["selector"])
     assert len(pods) == 2 and all(p["status"]["phase"] == "Running" for p in pods)
@@ -295,7 +312,7 @@ def test_operator_killed_mid_reconcile_leaves_no_duplicates(
     # Usually only some children exist now (the applies take tens of ms); either way the
     # restarted operator must converge on exactly one of each.
     partial = sum(len(objs) for objs in _children(api, namespace, "demo").values())
-    print(f"children when the operator was killed: {partial} of 8")
+    print(f"children when the operator was killed: {partial} of 9")
 
     second = start_operator([namespace])
     wait_for("the cluster to be Ready", _ready_at(api, path, 1), READY_TIMEOUT_S)
@@ -305,7 +322,7 @@ def test_operator_killed_mid_reconcile_leaves_no_duplicates(
         "ServiceAccount": 1,
         "Role": 1,
         "RoleBinding": 1,
-        "Service": 2,
+        "Service": 3,
         "Deployment": 2,
     }
     engine_sets = api.list(
@@ -316,3 +333,103 @@ def test_operator_killed_mid_reconcile_leaves_no_duplicates(
     pods = api.list(f"/api/v1/namespaces/{namespace}/pods", f"{meta.CLUSTER_LABEL}=demo")
     assert len(pods) == 3  # 2 engines + 1 gateway
     assert "Traceback" not in second.log_text()
+
+
+def _front_doors_at(api: Api, path: str, doors: list[str]) -> Callable[[], dict[str, Any] | None]:
+    """A check: the cluster is Ready at generation 1 with these front doors."""
+    ready = _ready_at(api, path, 1)
+
+    def check() -> dict[str, Any] | None:
+        obj = ready()
+        return obj if obj and obj["status"].get("frontDoors") == doors else None
+
+    return check
+
+
+def test_inference_pool_crd_installed_later_adds_the_picker_and_a_valid_pool(
+    api: Api, namespace: str, inference_pool_crd: Any, start_operator: Any, wait_for: Any
+) -> None:
+    start_operator([namespace])
+    created = api.create(_clusters(namespace), _body("demo", scheduler={"replicas": 2}))
+    path = f"{_clusters(namespace)}/demo"
+    wait_for(
+        "Ready with the gateway only", _front_doors_at(api, path, ["Gateway"]), READY_TIMEOUT_S
+    )
+    assert api.get(f"/apis/apps/v1/namespaces/{namespace}/deployments/demo-epp") is None
+
+    # The Gateway API Inference Extension's CRD, as published: the next reconcile (the resync
+    # timer at the latest) adds the endpoint picker and the pool, which the apiserver validates
+    # against that CRD's schema (a rejected pool would make the cluster Degraded, not Ready).
+    inference_pool_crd()
+    both = ["Gateway", "InferencePool"]
+    cluster = wait_for(
+        "Ready with both front doors", _front_doors_at(api, path, both), READY_TIMEOUT_S
+    )
+    status = cluster["status"]
+    assert status["inferencePool"] == "demo-pool"
+    assert status["eppReadyReplicas"] == 2
+    assert _condition(cluster, "Degraded")["status"] == "False"
+
+    pools = f"/apis/inference.networking.k8s.io/v1/namespaces/{namespace}/inferencepools"
+    pool = api.get(f"{pools}/demo-pool")
+    assert pool is not None
+    engine = _deployment(api, namespace, "demo-engine")
+    assert pool["spec"]["selector"] == {"matchLabels": engine["spec"]["selector"]["matchLabels"]}
+    assert pool["spec"]["targetPorts"] == [{"number": meta.PREDICTOR_PORT}]
+    assert pool["spec"]["endpointPickerRef"] == {
+        "group": "", "kind": "Service", "name": "demo-epp", "port": {"number": 9002},
+        "failureMode": "FailOpen",
+    }  # fmt: skip
+    (owner,) = pool["metadata"]["ownerReferences"]
+    assert (owner["kind"], owner["uid"]) == ("BlockCluster", created["metadata"]["uid"])
+
+    epp = _deployment(api, namespace, "demo-epp")
+    assert epp["spec"]["replicas"] == 2
+    container = _container(epp, "epp")
+    assert container["command"] == ["block", "epp"]
+    args = container["args"]
+    for flag, value in (("--host", "0.0.0.0"), ("--grpc-port", "9002"), ("--admin-port", "9090"),
+                        ("--discover", "k8s"), ("--namespace", namespace),
+                        ("--service", "demo-engine"), ("--policy", "block")):  # fmt: skip
+        assert args[args.index(flag) + 1] == value, flag
+    assert container["readinessProbe"]["grpc"] == {"port": 9002, "service": "readiness"}
+    assert epp["spec"]["template"]["spec"]["serviceAccountName"] == "demo-epp"
+    service = api.get(f"/api/v1/namespaces/{namespace}/services/demo-epp")
+    assert service is not None
+    ports = {p["name"]: p for p in service["spec"]["ports"]}
+    assert (ports["grpc"]["port"], ports["grpc"]["appProtocol"]) == (9002, "http2")
+    assert ports["admin"]["port"] == 9090
+    role = api.get(f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}/roles/demo-epp")
+    assert role is not None
+    assert role["rules"] == [{"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"],
+                              "verbs": ["get", "list", "watch"]}]  # fmt: skip
+    binding = api.get(
+        f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}/rolebindings/demo-epp"
+    )
+    assert binding is not None and binding["subjects"][0]["name"] == "demo-epp"
+
+    # The schema is the real one: a pool without target ports is refused.
+    bad = {**pool, "metadata": {"name": "bad"}, "spec": {**pool["spec"], "targetPorts": []}}
+    with pytest.raises(api.Error) as caught:
+        api.create(pools, bad)
+    assert caught.value.code == 422
+
+    # A deleted pool comes back (its events are watched like any child's).
+    old_uid = pool["metadata"]["uid"]
+    api.delete(f"{pools}/demo-pool")
+    wait_for(
+        "the pool to come back",
+        lambda: (
+            (api.get(f"{pools}/demo-pool") or {}).get("metadata", {}).get("uid")
+            not in (None, old_uid)
+        ),
+        READY_TIMEOUT_S,
+    )
+
+    # And everything goes with the BlockCluster (owner references).
+    api.delete(path)
+    wait_for(
+        "the pool and the picker to be collected",
+        lambda: not api.list(pools) and not _children(api, namespace, "demo")["Deployment"],
+        READY_TIMEOUT_S,
+    )

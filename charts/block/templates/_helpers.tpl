@@ -35,6 +35,86 @@ app.kubernetes.io/part-of: block
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 
+{{/*
+Labels of the routing components (epp, gateway, engines): the same standard labels with their
+own component. Call with (dict "ctx" $ "component" "epp").
+*/}}
+{{- define "block.componentSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "block.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{- define "block.componentLabels" -}}
+helm.sh/chart: {{ include "block.chart" .ctx }}
+{{ include "block.componentSelectorLabels" . }}
+app.kubernetes.io/version: {{ .ctx.Chart.AppVersion | quote }}
+app.kubernetes.io/part-of: block
+app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
+{{- end }}
+
+{{/* Names of the routing objects. */}}
+{{- define "block.pickerName" -}}
+{{- printf "%s-picker" (include "block.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "block.eppName" -}}
+{{- printf "%s-epp" (include "block.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "block.gatewayName" -}}
+{{- printf "%s-gateway" (include "block.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "block.enginesName" -}}
+{{- printf "%s-engines" (include "block.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "block.poolName" -}}
+{{- default (include "block.fullname" .) .Values.inferencePool.name }}
+{{- end }}
+
+{{/* True (non-empty) when the chart runs an endpoint picker, alone or inside the gateway. */}}
+{{- define "block.routing" -}}
+{{- if or .Values.epp.enabled .Values.gateway.enabled }}true{{ end }}
+{{- end }}
+
+{{/* The engine pods' labels; rendering fails without them where a picker needs them. */}}
+{{- define "block.engineSelector" -}}
+{{- if not .Values.epp.engineSelector }}
+{{- fail "epp.engineSelector must name the labels of your engine pods (epp.enabled or gateway.enabled is set)" }}
+{{- end }}
+{{- toYaml .Values.epp.engineSelector }}
+{{- end }}
+
+{{/*
+The picker's routing arguments, shared by `block epp` and `block gateway`: discovery of the
+engine pods through the EndpointSlices of the chart's headless engines Service, then the
+user's epp.args (last, so they win).
+*/}}
+{{- define "block.pickerArgs" -}}
+- --policy={{ .Values.epp.policy }}
+- --discover=k8s
+- --namespace={{ .Release.Namespace }}
+- --service={{ include "block.enginesName" . }}
+- --port-name=http
+{{- range .Values.epp.args }}
+- {{ . | quote }}
+{{- end }}
+{{- end }}
+
+{{/* What Pod Security's restricted profile asks of a container running Block's image. */}}
+{{- define "block.containerSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 10001
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+capabilities:
+  drop: ["ALL"]
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
 {{- define "block.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create }}
 {{- default (include "block.fullname" .) .Values.serviceAccount.name }}
@@ -78,6 +158,11 @@ children of a deleted BlockCluster through their owner references.
 - apiGroups: ["discovery.k8s.io"]
   resources: ["endpointslices"]
   verbs: ["get", "list", "watch"]
+# Where the cluster has the Gateway API Inference Extension's CRDs: an InferencePool per
+# BlockCluster (its endpoint picker is Block's). The operator finds the API by discovery.
+- apiGroups: ["inference.networking.k8s.io"]
+  resources: ["inferencepools"]
+  verbs: ["get", "list", "watch", "create", "patch"]
 # Warning events on BlockClusters (invalid specs, failures).
 - apiGroups: ["", "events.k8s.io"]
   resources: ["events"]

@@ -3,6 +3,7 @@ Dockerfile installs that CLI (the image cannot be built here: no Docker engine).
 
 from __future__ import annotations
 
+import argparse
 import re
 import tomllib
 from pathlib import Path
@@ -12,11 +13,11 @@ import pytest
 import yaml
 
 from block import cli
-from block.operator.blockcluster import children, meta, specs
+from block.operator.blockcluster import children, epp_objects, meta, specs
 
 REPO = Path(__file__).resolve().parents[3]
 # What Block's image is asked to run; the test below keeps this list equal to what is rendered.
-COMMANDS_USED = {"engine", "predictor", "scheduler", "operator"}
+COMMANDS_USED = {"engine", "predictor", "gateway", "epp", "operator"}
 
 
 def _rendered_command_lines() -> list[list[str]]:
@@ -32,10 +33,11 @@ def _rendered_command_lines() -> list[list[str]]:
                 "model": "meta-llama/Llama-2-7b-hf",
                 "engine": engine,
                 "slo": {"ttftSeconds": 1},
-                "scheduler": {"policy": "llumnix"},
+                "scheduler": {"policy": "llumnix", "args": ["--envoy-concurrency", "1"]},
             }
         )
-        for obj in children.render(cluster, spec, meta.RenderSettings(block_image="block:t")):
+        settings = meta.RenderSettings(block_image="block:t")
+        for obj in children.render(cluster, spec, settings, inference_pool=True):
             if obj["kind"] != "Deployment":
                 continue
             for c in obj["spec"]["template"]["spec"]["containers"]:
@@ -59,6 +61,24 @@ def test_rendered_command_line_parses_with_the_block_cli(line: list[str]) -> Non
     except SystemExit as e:  # argparse's way of saying "unknown command or flag"
         raise AssertionError(f"`{' '.join(line)}` does not parse with the block CLI") from e
     assert callable(getattr(args, "handler", None)), line
+
+
+def _options(command: str) -> set[str]:
+    """The long flags `block COMMAND` takes, from the real parser."""
+    parser = cli.build_parser()
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return {o for a in sub.choices[command]._actions for o in a.option_strings if o[:2] == "--"}
+
+
+def test_flags_dropped_for_the_picker_are_exactly_the_gateway_only_ones() -> None:
+    gateway, epp = _options("gateway"), _options("epp")
+    assert gateway - epp == epp_objects.GATEWAY_ONLY_FLAGS
+    # Each takes a value (`picker_args` drops the next argument with it).
+    parser = cli.build_parser()
+    base = ["gateway", "--replicas", "http://r:1"]
+    for flag in epp_objects.GATEWAY_ONLY_FLAGS:
+        with pytest.raises(SystemExit):
+            parser.parse_args([*base, flag])
 
 
 def _dockerfile() -> str:

@@ -106,3 +106,29 @@ def test_transition_time_moves_only_when_the_status_changes() -> None:
     later = _by_type(conditions.compute(CLUSTER, not_ready, first, T1))
     assert later["Ready"].last_transition_time == "2026-01-01T12:05:00Z"
     assert later["Degraded"].last_transition_time == "2026-01-01T12:00:00Z"
+
+
+def test_without_the_pool_api_the_gateway_is_the_only_front_door() -> None:
+    seen = conditions.Observation(_deployment(2, 2), _deployment(1, 1))
+    status = conditions.compute(CLUSTER, seen, specs.BlockClusterStatus(), T0)
+    assert status.front_doors == ["Gateway"]
+    assert status.inference_pool is None and status.epp_ready_replicas == 0
+
+
+def test_with_the_pool_api_the_endpoint_picker_counts_for_readiness() -> None:
+    waiting = conditions.Observation(
+        _deployment(2, 2), _deployment(1, 1), inference_pool=True, epp=None
+    )
+    status = conditions.compute(CLUSTER, waiting, specs.BlockClusterStatus(), T0)
+    c = _by_type(status)
+    assert (c["Ready"].status, c["Progressing"].reason) == ("False", "Creating")
+    assert "endpoint picker" in c["Progressing"].message
+    assert status.front_doors == ["Gateway", "InferencePool"]
+    assert status.inference_pool == "demo-pool"
+
+    ready = conditions.Observation(
+        _deployment(2, 2), _deployment(1, 1), inference_pool=True, epp=_deployment(1, 1)
+    )
+    status = conditions.compute(CLUSTER, ready, status, T1)
+    assert _by_type(status)["Ready"].status == "True"
+    assert status.epp_ready_replicas == 1

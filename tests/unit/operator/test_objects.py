@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from block.operator.blockcluster import children, config_objects, meta, specs
+import pytest
+
+from block.operator.blockcluster import (
+    children,
+    config_objects,
+    engine_objects,
+    epp_objects,
+    meta,
+    pool_objects,
+    specs,
+)
 
 CLUSTER = meta.ClusterRef(name="demo", namespace="serving", uid="1234-abcd", generation=3)
 SETTINGS = meta.RenderSettings(block_image="block:test")
@@ -31,18 +41,41 @@ def _container(deployment: dict[str, Any], name: str) -> dict[str, Any]:
     return dict(found)
 
 
-def test_every_child_is_owned_labelled_and_namespaced() -> None:
-    objs = children.render(CLUSTER, _spec(), SETTINGS)
-    assert [(o["apiVersion"], o["kind"]) for o in objs] == [
-        ("v1", "ConfigMap"),
-        ("v1", "ServiceAccount"),
-        ("rbac.authorization.k8s.io/v1", "Role"),
-        ("rbac.authorization.k8s.io/v1", "RoleBinding"),
-        ("v1", "Service"),
-        ("apps/v1", "Deployment"),
-        ("v1", "Service"),
-        ("apps/v1", "Deployment"),
+def _names(objs: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    return [(o["kind"], o["metadata"]["name"]) for o in objs]
+
+
+def test_without_the_inference_pool_api_only_the_standalone_gateway_is_rendered() -> None:
+    assert _names(children.render(CLUSTER, _spec(), SETTINGS)) == [
+        ("ConfigMap", "demo-config"),
+        ("ServiceAccount", "demo-scheduler"),
+        ("Role", "demo-scheduler"),
+        ("RoleBinding", "demo-scheduler"),
+        ("Service", "demo-engine"),
+        ("Service", "demo-engine-headless"),
+        ("Deployment", "demo-engine"),
+        ("Service", "demo-scheduler"),
+        ("Deployment", "demo-scheduler"),
     ]
+
+
+def test_with_the_inference_pool_api_the_picker_and_the_pool_come_last() -> None:
+    without = children.render(CLUSTER, _spec(), SETTINGS)
+    objs = children.render(CLUSTER, _spec(), SETTINGS, inference_pool=True)
+    assert objs[: len(without)] == without  # the standalone gateway stays
+    assert _names(objs[len(without) :]) == [
+        ("ServiceAccount", "demo-epp"),
+        ("Role", "demo-epp"),
+        ("RoleBinding", "demo-epp"),
+        ("Service", "demo-epp"),
+        ("Deployment", "demo-epp"),
+        ("InferencePool", "demo-pool"),
+    ]
+
+
+@pytest.mark.parametrize("inference_pool", [False, True])
+def test_every_child_is_owned_labelled_and_namespaced(inference_pool: bool) -> None:
+    objs = children.render(CLUSTER, _spec(), SETTINGS, inference_pool=inference_pool)
     for obj in objs:
         md = obj["metadata"]
         assert md["namespace"] == "serving"
@@ -128,28 +161,160 @@ def test_engine_pods_prefer_distinct_nodes_and_keep_the_user_placement() -> None
     assert pod["tolerations"][0]["key"] == "gpu"
 
 
-def test_scheduler_discovers_the_engine_service_with_a_read_only_role() -> None:
+def _arg(args: list[str], flag: str) -> str:
+    return args[args.index(flag) + 1]
+
+
+READ_ENDPOINTSLICES = [
+    {
+        "apiGroups": ["discovery.k8s.io"],
+        "resources": ["endpointslices"],
+        "verbs": ["get", "list", "watch"],
+    }
+]
+
+
+def test_standalone_gateway_runs_envoy_over_the_headless_engine_service() -> None:
     objs = children.render(CLUSTER, _spec(scheduler={"policy": "llumnix", "replicas": 2}), SETTINGS)
     deployment = _by_kind(objs, "Deployment", "demo-scheduler")
     assert deployment["spec"]["replicas"] == 2
     container = _container(deployment, "scheduler")
     args = container["args"]
-    assert container["command"] == ["block", "scheduler"]
-    assert args[args.index("--policy") + 1] == "llumnix"
-    assert args[args.index("--discover") + 1] == "k8s"
-    assert args[args.index("--service") + 1] == "demo-engine"
-    assert args[args.index("--namespace") + 1] == "serving"
+    assert container["command"] == ["block", "gateway"]
+    assert _arg(args, "--host") == "0.0.0.0"
+    assert _arg(args, "--port") == str(meta.SCHEDULER_PORT)
+    assert _arg(args, "--policy") == "llumnix"
+    assert _arg(args, "--discover") == "k8s"
+    assert _arg(args, "--service") == "demo-engine"
+    assert _arg(args, "--namespace") == "serving"
+    # Envoy's hosts: every ready replica's sidecar, by the headless Service's full DNS name.
+    assert _arg(args, "--replicas-dns") == (
+        f"demo-engine-headless.serving.svc.cluster.local:{meta.PREDICTOR_PORT}"
+    )
+    # The picker's and Envoy's admin ports stay on loopback (the command's defaults).
+    assert not {"--grpc-port", "--admin-port", "--envoy-admin-port"} & set(args)
     assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == "demo-scheduler"
-    role = _by_kind(objs, "Role", "demo-scheduler")
-    assert role["rules"] == [
-        {
-            "apiGroups": ["discovery.k8s.io"],
-            "resources": ["endpointslices"],
-            "verbs": ["get", "list", "watch"],
-        }
-    ]
+    assert _by_kind(objs, "Role", "demo-scheduler")["rules"] == READ_ENDPOINTSLICES
     binding = _by_kind(objs, "RoleBinding", "demo-scheduler")
     assert binding["subjects"][0]["name"] == "demo-scheduler"
+
+
+def test_gateway_probes_go_through_envoy_and_envoy_gets_a_writable_tmp() -> None:
+    deployment = _by_kind(
+        children.render(CLUSTER, _spec(), SETTINGS), "Deployment", "demo-scheduler"
+    )
+    container = _container(deployment, "scheduler")
+    assert container["ports"] == [
+        {"name": "http", "containerPort": meta.SCHEDULER_PORT, "protocol": "TCP"}
+    ]
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "http"}
+    security = container["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True and security["runAsNonRoot"] is True
+    # Envoy's bootstrap is written under a temporary folder: /tmp must be a writable volume.
+    assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
+    pod = deployment["spec"]["template"]["spec"]
+    assert {"name": "tmp", "emptyDir": {}} in pod["volumes"]
+    service = _by_kind(children.render(CLUSTER, _spec(), SETTINGS), "Service", "demo-scheduler")
+    assert service["spec"]["ports"][0] == {
+        "name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"
+    }  # fmt: skip
+
+
+def test_headless_engine_service_resolves_to_ready_sidecars() -> None:
+    objs = children.render(CLUSTER, _spec(), SETTINGS)
+    headless = _by_kind(objs, "Service", "demo-engine-headless")
+    engine = _by_kind(objs, "Deployment", "demo-engine")
+    assert headless["spec"]["clusterIP"] == "None"
+    assert headless["spec"]["publishNotReadyAddresses"] is False
+    assert headless["spec"]["selector"] == engine["spec"]["selector"]["matchLabels"]
+    (port,) = headless["spec"]["ports"]
+    assert (port["name"], port["port"], port["targetPort"]) == ("http", meta.PREDICTOR_PORT, "http")
+    # The ClusterIP Service stays: its clusterIP cannot be changed in place on old clusters.
+    assert "clusterIP" not in _by_kind(objs, "Service", "demo-engine")["spec"]
+
+
+def test_cluster_domain_is_the_operators_setting() -> None:
+    settings = meta.RenderSettings(block_image="block:test", cluster_domain="corp.example")
+    assert engine_objects.replicas_dns(CLUSTER, settings) == (
+        f"demo-engine-headless.serving.svc.corp.example:{meta.PREDICTOR_PORT}"
+    )
+
+
+def test_inference_pool_selects_the_engine_pods_at_the_sidecar_port() -> None:
+    objs = children.render(CLUSTER, _spec(), SETTINGS, inference_pool=True)
+    pool = _by_kind(objs, "InferencePool", "demo-pool")
+    assert pool["apiVersion"] == "inference.networking.k8s.io/v1"
+    engine = _by_kind(objs, "Deployment", "demo-engine")
+    assert pool["spec"] == {
+        "selector": {"matchLabels": engine["spec"]["selector"]["matchLabels"]},
+        "targetPorts": [{"number": meta.PREDICTOR_PORT}],
+        "appProtocol": "http",
+        "endpointPickerRef": {
+            "group": "",
+            "kind": "Service",
+            "name": "demo-epp",
+            "port": {"number": 9002},
+            "failureMode": "FailOpen",
+        },
+    }
+    assert pool_objects.name(CLUSTER) == "demo-pool"
+    # The picker's Service has the port the pool names.
+    service = _by_kind(objs, "Service", "demo-epp")
+    assert 9002 in [p["port"] for p in service["spec"]["ports"]]
+
+
+def test_epp_serves_grpc_and_admin_on_every_interface() -> None:
+    spec = _spec(scheduler={"policy": "block-ttft", "replicas": 3, "image": "block:custom"})
+    objs = children.render(CLUSTER, spec, SETTINGS, inference_pool=True)
+    deployment = _by_kind(objs, "Deployment", "demo-epp")
+    assert deployment["spec"]["replicas"] == 3
+    container = _container(deployment, "epp")
+    assert container["command"] == ["block", "epp"]
+    assert container["image"] == "block:custom"
+    args = container["args"]
+    assert _arg(args, "--host") == "0.0.0.0"
+    assert (_arg(args, "--grpc-port"), _arg(args, "--admin-port")) == ("9002", "9090")
+    assert _arg(args, "--policy") == "block-ttft"
+    assert (_arg(args, "--discover"), _arg(args, "--service")) == ("k8s", "demo-engine")
+    assert _arg(args, "--namespace") == "serving"
+    assert "--replicas-dns" not in args
+    assert container["ports"] == [
+        {"name": "grpc", "containerPort": 9002, "protocol": "TCP"},
+        {"name": "admin", "containerPort": 9090, "protocol": "TCP"},
+    ]
+    assert container["readinessProbe"]["grpc"] == {"port": 9002, "service": "readiness"}
+    assert container["livenessProbe"]["grpc"] == {"port": 9002, "service": "liveness"}
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == "demo-epp"
+    assert _by_kind(objs, "Role", "demo-epp")["rules"] == READ_ENDPOINTSLICES
+    binding = _by_kind(objs, "RoleBinding", "demo-epp")
+    assert binding["roleRef"]["name"] == "demo-epp"
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "demo-epp", "namespace": "serving"}
+    ]
+    service = _by_kind(objs, "Service", "demo-epp")
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    assert service["spec"]["ports"] == [
+        {"name": "grpc", "port": 9002, "targetPort": "grpc", "protocol": "TCP",
+         "appProtocol": "http2"},
+        {"name": "admin", "port": 9090, "targetPort": "admin", "protocol": "TCP",
+         "appProtocol": "http"},
+    ]  # fmt: skip
+
+
+def test_epp_takes_the_gateway_args_it_understands() -> None:
+    user = [
+        "--envoy-concurrency", "4", "--max-attempts", "2", "--port=9000",
+        "--picker-timeout-ms", "50", "--slo-slack", "1.5", "--no-reject",
+    ]  # fmt: skip
+    spec = _spec(scheduler={"args": user})
+    objs = children.render(CLUSTER, spec, SETTINGS, inference_pool=True)
+    gateway_args = _container(_by_kind(objs, "Deployment", "demo-scheduler"), "scheduler")["args"]
+    assert gateway_args[-len(user) :] == user  # last, so they win
+    epp_args = _container(_by_kind(objs, "Deployment", "demo-epp"), "epp")["args"]
+    assert epp_args[-5:] == ["--max-attempts", "2", "--slo-slack", "1.5", "--no-reject"]
+    assert epp_objects.picker_args(["--replicas-dns=x:1", "--seed", "3"]) == ["--seed", "3"]
 
 
 def test_config_change_rolls_the_pods_and_replica_change_does_not() -> None:

@@ -57,3 +57,18 @@ def test_render_bad_input_is_a_clear_error(
 def test_render_missing_file_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["operator", "render", "/nonexistent/cluster.yaml"]) == 2
     assert "cannot read /nonexistent/cluster.yaml" in capsys.readouterr().err
+
+
+def test_render_with_inference_pool_adds_the_picker_and_the_pool(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    example = REPO / "manifests" / "examples" / "twin.yaml"
+    argv = ["operator", "render", str(example), "--inference-pool", "--cluster-domain", "k.test"]
+    assert cli.main(argv) == 0
+    docs = list(yaml.safe_load_all(capsys.readouterr().out))
+    names = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    assert {("InferencePool", "twin-demo-pool"), ("Deployment", "twin-demo-epp")} <= names
+    gateway = next(d for d in docs if d["metadata"]["name"] == "twin-demo-scheduler"
+                   and d["kind"] == "Deployment")  # fmt: skip
+    args = gateway["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--replicas-dns") + 1].endswith(".svc.k.test:8000")
