@@ -68,6 +68,13 @@ def resolve_policy(name: str, k: int) -> Policy:
 def check_policies(settings: SchedulerSettings) -> tuple[Policy, Policy]:
     """The policy and the fallback the settings name; `ConfigError` if either is unusable."""
     policy = resolve_policy(settings.policy, settings.k)
+    if policy.prefix_index is not None:
+        # The other routers' rules need a router-side prefix index and request ledger
+        # (block.simulator.router_memory) that only the offline cluster model keeps so far.
+        raise ConfigError(
+            f"policy {settings.policy!r} is a baseline of the offline experiments; the gateway "
+            "does not keep its router-side prefix index yet"
+        )
     fallback = make_policy(settings.fallback_policy)
     if fallback.needs_prediction:
         raise ConfigError(

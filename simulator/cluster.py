@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -10,6 +11,7 @@ from block.simulator.policies import Policy, ReplicaView, RouteRequest
 from block.simulator.prediction import Prediction, predict_one_more
 from block.simulator.replica import Replica
 from block.simulator.requests import Request, RequestRecord
+from block.simulator.router_memory import RoutedFigures, SimulatedMemory
 
 # Maps a request to the output length the router believes (oracle: the true length).
 LengthGuess = Callable[[Request], int]
@@ -24,8 +26,9 @@ def view_of(
     index: int,
     prediction: Prediction | None = None,
     prefix_hit_tokens: int = 0,
+    routed: RoutedFigures | None = None,
 ) -> ReplicaView:
-    return ReplicaView(
+    view = ReplicaView(
         index=index,
         num_running=replica.num_running,
         num_waiting=replica.num_waiting,
@@ -36,6 +39,21 @@ def view_of(
         prediction=prediction,
         prefix_hit_tokens=prefix_hit_tokens,
     )
+    if routed is None:  # policies without router memory: the view as it always was
+        return view
+    return dataclasses.replace(
+        view,
+        routed_prefix_tokens=routed.prefix_tokens,
+        routed_prefill_tokens=routed.prefill_tokens,
+        routed_active_blocks=routed.active_blocks,
+        routed_shared_blocks=routed.shared_blocks,
+    )
+
+
+def router_memory(policy: Policy, replicas: Sequence[Replica]) -> SimulatedMemory | None:
+    """The router-side memory the policy reads, if any (kept only then: it costs time)."""
+    cfg = policy.prefix_index
+    return None if cfg is None else SimulatedMemory(cfg, replicas)
 
 
 @dataclass
@@ -56,20 +74,28 @@ def simulate_cluster(
     """Route every request (in arrival order) and run all replicas to completion."""
     rng = random.Random(seed)
     routed = [0] * len(replicas)
+    memory = router_memory(policy, replicas)
     for i, req in enumerate(requests):
         now = req.arrival_s
         for r in replicas:
             r.advance_to(now)
         cand = policy.candidates(len(replicas), rng)
         route = RouteRequest(req.prompt_tokens, guess(req))
+        remembered = None
+        if memory is not None:
+            memory.catch_up()
+            remembered = memory.figures(cand, req, now)
         views = []
-        for idx in cand:
+        for j, idx in enumerate(cand):
             p = None
             if policy.needs_prediction:
                 p = predict_one_more(replicas[idx], req.prompt_tokens, route.output_tokens, now)
-            views.append(view_of(replicas[idx], idx, p))
+            mine = None if remembered is None else remembered[j]
+            views.append(view_of(replicas[idx], idx, p, routed=mine))
         choice = policy.choose(route, views, rng)
         replicas[choice].submit(req, now)
+        if memory is not None:
+            memory.dispatched(choice, req, now)
         routed[choice] += 1
         if progress is not None and i % 256 == 0:
             progress(i)

@@ -103,6 +103,7 @@ def simulate_sessions(
     requests: list[Request] = []
     owner: dict[int, tuple[int, int]] = {}  # rid -> (session, turn)
     seen = [0] * len(replicas)  # finished records already handled per replica
+    memory = cluster.router_memory(policy, replicas)
 
     def collect_finishes(r_index: int) -> None:
         rec = replicas[r_index].recorder.finished
@@ -133,8 +134,13 @@ def simulate_sessions(
         owner[req.rid] = (s, k)
         for r in replicas:
             r.advance_to(arrival)
+        cand = policy.candidates(len(replicas), route_rng)
+        remembered = None
+        if memory is not None:
+            memory.catch_up()
+            remembered = memory.figures(cand, req, arrival)
         views = []
-        for idx in policy.candidates(len(replicas), route_rng):
+        for j, idx in enumerate(cand):
             rep = replicas[idx]
             pred = None
             if policy.needs_prediction:
@@ -142,9 +148,12 @@ def simulate_sessions(
                     rep, prompt, output, arrival, block_hashes=hashes if prefix_aware else None
                 )
             hit = rep.cache.match(hashes, (prompt - 1) // 16)[0] * 16 if rep.cache else 0
-            views.append(cluster.view_of(rep, idx, pred, prefix_hit_tokens=hit))
+            mine = None if remembered is None else remembered[j]
+            views.append(cluster.view_of(rep, idx, pred, prefix_hit_tokens=hit, routed=mine))
         choice = policy.choose(RouteRequest(prompt, output), views, route_rng)
         replicas[choice].submit(req, arrival)
+        if memory is not None:
+            memory.dispatched(choice, req, arrival)
         for i in range(len(replicas)):
             collect_finishes(i)
     return cluster.collect(replicas, requests)

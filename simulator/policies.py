@@ -15,6 +15,7 @@ from typing import Protocol
 
 from block.errors import ConfigError
 from block.simulator.prediction import Prediction
+from block.simulator.prefix_index import PrefixIndexConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +38,14 @@ class ReplicaView:
     inflight: int = 0  # dispatched by this router but not yet visible in the replica's figures
     prediction: Prediction | None = None
     prefix_hit_tokens: int = 0  # prompt tokens this replica holds in its prefix cache
+    # The router's own memory (block.simulator.router_memory), filled only for policies with
+    # a `prefix_index`: prompt tokens its approximate index matches here; uncached prompt
+    # tokens it sent here still waiting for their first token; distinct prompt blocks of the
+    # requests it sent here and not finished; how many of this prompt's blocks those hold.
+    routed_prefix_tokens: int = 0
+    routed_prefill_tokens: int = 0
+    routed_active_blocks: int = 0
+    routed_shared_blocks: int = 0
 
     @property
     def load(self) -> int:
@@ -66,6 +75,12 @@ class Policy(Protocol):
         """Whether `choose` reads the views' load figures (a live router must fetch them)."""
         ...
 
+    @property
+    def prefix_index(self) -> PrefixIndexConfig | None:
+        """The router-side memory `choose` reads (the views' `routed_*` figures), shaped as
+        the policy's project ships it; None: the policy reads none."""
+        ...
+
     def candidates(self, num_replicas: int, rng: random.Random) -> Sequence[int]:
         """Which replicas to look at (and ask for predictions)."""
         ...
@@ -88,6 +103,7 @@ class RoundRobin:
     name: str = "round-robin"
     needs_prediction: bool = False
     needs_load: bool = False
+    prefix_index: PrefixIndexConfig | None = None
     _next: int = 0
 
     def candidates(self, num_replicas: int, rng: random.Random) -> Sequence[int]:
@@ -105,6 +121,7 @@ class Random:
     name: str = "random"
     needs_prediction: bool = False
     needs_load: bool = False
+    prefix_index: PrefixIndexConfig | None = None
 
     def candidates(self, num_replicas: int, rng: random.Random) -> Sequence[int]:
         return _all(num_replicas, rng)
@@ -118,6 +135,7 @@ class LeastRequests:
     name: str = "least-requests"
     needs_prediction: bool = False
     needs_load: bool = True
+    prefix_index: PrefixIndexConfig | None = None
 
     def candidates(self, num_replicas: int, rng: random.Random) -> Sequence[int]:
         return _all(num_replicas, rng)
@@ -131,6 +149,7 @@ class LeastKv:
     name: str = "least-kv"
     needs_prediction: bool = False
     needs_load: bool = True
+    prefix_index: PrefixIndexConfig | None = None
 
     def candidates(self, num_replicas: int, rng: random.Random) -> Sequence[int]:
         return _all(num_replicas, rng)
@@ -144,6 +163,7 @@ class Llumnix:
     name: str = "llumnix"
     needs_prediction: bool = False
     needs_load: bool = True
+    prefix_index: PrefixIndexConfig | None = None
 
     def candidates(self, num_replicas: int, rng: random.Random) -> Sequence[int]:
         return _all(num_replicas, rng)
@@ -160,6 +180,7 @@ class PowerOfK:
     name: str = "power-of-2"
     needs_prediction: bool = False
     needs_load: bool = True
+    prefix_index: PrefixIndexConfig | None = None
 
     def candidates(self, num_replicas: int, rng: random.Random) -> Sequence[int]:
         return rng.sample(range(num_replicas), min(self.k, num_replicas))
@@ -176,6 +197,7 @@ class PrefixAffinity:
     name: str = "prefix-affinity"
     needs_prediction: bool = False
     needs_load: bool = True
+    prefix_index: PrefixIndexConfig | None = None
 
     def candidates(self, num_replicas: int, rng: random.Random) -> Sequence[int]:
         return _all(num_replicas, rng)
@@ -203,6 +225,7 @@ class Block:
     name: str = "block"
     needs_prediction: bool = True
     needs_load: bool = True
+    prefix_index: PrefixIndexConfig | None = None
 
     def candidates(self, num_replicas: int, rng: random.Random) -> Sequence[int]:
         if 0 < self.k < num_replicas:
@@ -246,6 +269,18 @@ class PolicyFactory:
     help: str = field(default="")
 
 
+def _baseline(name: str) -> Callable[[], Policy]:
+    """A factory for one of `baselines`' policies. Imported when first made: they build on
+    this module's types, so a top-level import would be circular."""
+
+    def make() -> Policy:
+        from block.simulator import baselines
+
+        return baselines.BASELINES[name]()
+
+    return make
+
+
 POLICIES: dict[str, PolicyFactory] = {
     "block": PolicyFactory(lambda: Block(), "lowest predicted e2e latency"),
     "block-ttft": PolicyFactory(lambda: Block(metric="ttft", name="block-ttft"), "lowest TTFT"),
@@ -257,6 +292,12 @@ POLICIES: dict[str, PolicyFactory] = {
     "prefix-affinity": PolicyFactory(lambda: PrefixAffinity(), "longest cached prefix, then load"),
     "round-robin": PolicyFactory(lambda: RoundRobin(), "in turn"),
     "random": PolicyFactory(lambda: Random(), "uniformly at random"),
+    # What users would pick instead, each from its project's published rule (baselines.py).
+    "llm-d-scorers": PolicyFactory(_baseline("llm-d-scorers"), "llm-d queue/KV/prefix 2/2/3"),
+    "llm-d-default": PolicyFactory(_baseline("llm-d-default"), "llm-d affinity + token load"),
+    "dynamo-kv": PolicyFactory(_baseline("dynamo-kv"), "Dynamo KV router cost"),
+    "aibrix-prefix": PolicyFactory(_baseline("aibrix-prefix"), "AIBrix prefix-cache router"),
+    "sglang-cache-aware": PolicyFactory(_baseline("sglang-cache-aware"), "SGLang cache-aware"),
 }
 
 

@@ -105,6 +105,8 @@ def test_environment_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
     [
         (["scheduler"], "at least one replica"),
         (["scheduler", "--replicas", "http://a:1", "--policy", "fastest"], "unknown policy"),
+        (["gateway", "--replicas", "http://a:1", "--policy", "dynamo-kv"], "offline"),
+        (["epp", "--replicas", "http://a:1", "--policy", "llm-d-scorers"], "offline"),
         (["scheduler", "--replicas", "http://a:1", "--fallback-policy", "block"], "fallback"),
         (["scheduler", "--replicas", "http://a:1", "--port", "70000"], "port"),
         (["scheduler", "--replicas", "http://a:1", "--api-keys-file", "/nonexistent"], "key"),
