@@ -1,9 +1,8 @@
 """Whole answers, independent of the server that writes them, and errors as problem+json.
 
-The gateway has two ways in (`block.scheduler.frontdoor`'s lean path for non-streamed
-completions, aiohttp for everything else); both write the same `Answer`s and map failures to
-the same RFC 9457 bodies here, with an OpenAI-style `error` member so OpenAI clients show the
-message.
+The picker's immediate responses (through Envoy) and its admin app write the same `Answer`s
+and map failures to the same RFC 9457 bodies here, with an OpenAI-style `error` member so
+OpenAI clients show the message. `envoy_config` words Envoy's own error answers alike.
 """
 
 from __future__ import annotations

@@ -5,9 +5,10 @@
 
 * Arrivals are counted in a ring of one-second buckets (count, sum and sum of squares of the
   gaps between arrivals), so recording one costs O(1) and the memory is fixed whatever the
-  rate; a report sums the buckets of the last `autoscaling_window_s`. Sizes are the last 512
-  `[prompt_tokens, output_tokens]` of requests served, the output being what the engine
-  generated (the answer's `usage`, or the stream's events when it has none).
+  rate; a report sums the buckets of the last `autoscaling_window_s`. Sizes are up to 512
+  `[prompt_tokens, output_tokens]` of requests the sidecars completed last (their
+  `/v1/state` `recent_sizes`: every gateway's requests, each counted once, with what the engine
+  generated), taken from every replica in turn.
 * A replica's figures are what the router last saw; figures older than `FRESH_S`, and those of
   draining replicas (no request asks their predictor any more), are refreshed from the
   sidecar's `GET /v1/state` first, whose `inflight` counts every gateway's requests.
@@ -22,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
@@ -33,7 +33,6 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from pydantic import ValidationError
 
 from block.errors import BlockError, InvalidRequest, NotFound
-from block.scheduler.answers import Answer
 from block.scheduler.replicas import NEVER, Replica, ReplicaSet
 from block.scheduler.settings import SchedulerSettings
 from block.wire.autoscaling import DrainRequest, DrainStatus, LoadReport, ReplicaLoad
@@ -51,9 +50,6 @@ BUCKET_S = 1.0
 FRESH_S = 1.0
 STATE_TIMEOUT_S = 1.0
 MAX_BODY_BYTES = 4096
-# Tokens an answer's stream carries beside the generated ones: the `[DONE]` marker, and for chat
-# the first event, which only names the role.
-STREAM_OVERHEAD = {"completions": 1, "chat": 2}
 Clock = Callable[[], float]
 
 
@@ -126,7 +122,6 @@ class HasReplicas(Protocol):
 @dataclass(frozen=True)
 class AutoscalingMetrics:
     drains: Counter
-    sizes_unknown: Counter
 
     @classmethod
     def create(
@@ -153,11 +148,6 @@ class AutoscalingMetrics:
                 ["action"],
                 registry=registry,
             ),
-            sizes_unknown=Counter(
-                "block_scheduler_autoscaling_sizes_unknown_total",
-                "Requests served whose generated length could not be read (not in the sizes).",
-                registry=registry,
-            ),
         )
 
 
@@ -175,37 +165,16 @@ class Autoscaling:
         self._gateway = gateway
         self._clock = clock
         self.window = ArrivalWindow(settings.autoscaling_window_s)
-        self.sizes: deque[tuple[int, int]] = deque(maxlen=MAX_SIZES)
         self.metrics = AutoscalingMetrics.create(registry, self._replicas, clock)
 
     def _replicas(self) -> list[Replica]:
         gw = self._gateway()
         return [] if gw is None else gw.replicas.all()
 
-    # The request path: two calls per request, no awaits, no allocation beyond a tuple.
+    # The request path: one call per request, no awaits, no allocation.
 
     def arrived(self) -> None:
         self.window.arrive(self._clock())
-
-    def served(
-        self, endpoint: str, prompt_tokens: int, response: Answer | web.StreamResponse
-    ) -> None:
-        """Note the size of a request answered with `response` (2xx only): a whole answer's
-        `usage`, or a stream's count of events."""
-        if response.status >= 300:
-            return
-        prompt, output = prompt_tokens, None
-        if isinstance(response, Answer):
-            output = _usage_field(response.body, b'"completion_tokens"')
-            prompt = _usage_field(response.body, b'"prompt_tokens"') or prompt
-        else:
-            events = response.get(DATA_EVENTS)
-            if events is not None:
-                output = events - STREAM_OVERHEAD.get(endpoint, 1)
-        if output is None or output < 1:
-            self.metrics.sizes_unknown.inc()
-            return
-        self.sizes.append((max(1, prompt), output))
 
     # The handlers.
 
@@ -222,7 +191,7 @@ class Autoscaling:
             interval_seconds=interval,
             arrivals=arrivals,
             interarrival_cv=cv,
-            sizes=sizes or list(self.sizes),
+            sizes=sizes,
             replicas=[_replica_load(r, now) for r in replicas],
         )
         return web.json_response(text=report.model_dump_json())
@@ -347,24 +316,6 @@ def _loop_time() -> float:
     return asyncio.get_running_loop().time()
 
 
-def _usage_field(body: bytes, key: bytes) -> int | None:
-    """An integer usage field of an OpenAI answer, read from the end (where `usage` is)."""
-    at = body.rfind(key)
-    if at < 0:
-        return None
-    start = body.find(b":", at + len(key))
-    if start < 0:
-        return None
-    end = start + 1
-    while end < len(body) and body[end] in b" \t\r\n":
-        end += 1
-    digits_end = end
-    while digits_end < len(body) and 48 <= body[digits_end] <= 57:
-        digits_end += 1
-    return int(body[end:digits_end]) if digits_end > end else None
-
-
-DATA_EVENTS = web.ResponseKey("block_data_events", int)  # set by the proxy on streams
 AUTOSCALING = web.AppKey("autoscaling", Autoscaling)
 
 

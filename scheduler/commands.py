@@ -16,7 +16,7 @@ _FIELDS = (
     "load_figures", "length_source", "prior_output_tokens", "chars_per_token", "slo_ttft_s",
     "slo_e2e_s", "slo_slack", "max_waiting_per_replica", "max_attempts", "connect_timeout_s",
     "read_timeout_s", "health_interval_s", "max_body_bytes", "api_keys_file", "log_level",
-    "cluster_config", "event_loop", "prefix_block_size",
+    "cluster_config", "prefix_block_size",
 )  # fmt: skip
 
 
@@ -134,7 +134,6 @@ def _routing_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.add_argument("--log-json", action="store_true", default=None, help="JSON log lines")
     p.add_argument("--no-access-log", action="store_true", help="no per-request access log")
-    p.add_argument("--event-loop", choices=["auto", "uvloop", "asyncio"], help="(auto: uvloop)")
 
 
 def overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -178,7 +177,7 @@ def _build(args: argparse.Namespace, command: str) -> Any:
     try:
         check_policies(settings)  # before the (slow) estimator load
         estimator = load_estimator(settings.length_source)
-        return create_app(settings, estimator, inference=False)
+        return create_app(settings, estimator)
     except BlockError as e:
         print(f"block {command}: {e.detail}", file=sys.stderr)
         return 2
@@ -207,21 +206,6 @@ def run_epp(args: argparse.Namespace) -> int:
         return app
     settings = app[SETTINGS]
     return epp_serving.run(app, settings.host, settings.grpc_port, settings.admin_port)
-
-
-def new_event_loop(kind: str) -> Any:
-    """An event loop of the kind asked: uvloop, asyncio's own, or uvloop if installed."""
-    import asyncio
-
-    if kind != "asyncio":
-        try:
-            import uvloop
-
-            return uvloop.new_event_loop()
-        except ImportError:
-            if kind == "uvloop":
-                raise
-    return asyncio.new_event_loop()
 
 
 def load_estimator(source: str) -> Any:

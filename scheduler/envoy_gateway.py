@@ -252,7 +252,7 @@ def policy_for(settings: SchedulerSettings, access_log: bool) -> envoy_config.En
 async def start(
     app: web.Application, access_log: bool = True, access_log_to: int | None = None
 ) -> StandaloneGateway:
-    """The picker for `app` (a `create_app(..., inference=False)`) on loopback, then Envoy."""
+    """The picker for `app` (built by `create_app`) on loopback, then Envoy."""
     settings = app[SETTINGS]
     replicas = replica_addresses(settings)
     picker = await epp_serving.start(app, "127.0.0.1", settings.grpc_port, settings.admin_port)

@@ -2,7 +2,7 @@
 
 `start` serves in the running loop (tests, `block gateway`); `run` serves until SIGINT or
 SIGTERM (`block epp`). The admin app is the gateway app without its own OpenAI routes
-(`create_app(..., inference=False)`): metrics, `/v1/replicas`, the autoscaling API and
+(`create_app`): metrics, `/v1/replicas`, the autoscaling API and
 `/healthz`, on the same `ReplicaSet` and router as the picker.
 """
 
@@ -60,7 +60,7 @@ class PickerServer:
 async def start(
     app: web.Application, host: str = "127.0.0.1", grpc_port: int = 0, admin_port: int = 0
 ) -> PickerServer:
-    """Serve the picker for `app` (built by `create_app(..., inference=False)`)."""
+    """Serve the picker for `app` (built by `create_app`)."""
     runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
     await runner.setup()  # discovery, predictor client, router: the app's cleanup_ctx
     try:

@@ -6,13 +6,12 @@ Labels stay few-valued: `policy`, `replica` (a replica's name: pod name or host:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics import MetricWrapperBase
-from prometheus_client.metrics_core import CounterMetricFamily, Metric
 
 M = TypeVar("M", bound=MetricWrapperBase)
 
@@ -39,7 +38,6 @@ class SchedulerMetrics:
     upstream_errors: Counter
     retries: Counter
     rejected: Counter
-    stream_errors: Counter
     ttft_seconds: Histogram
     e2e_seconds: Histogram
     estimate_seconds: Histogram
@@ -136,15 +134,10 @@ class SchedulerMetrics:
                 ["reason"],
                 registry=r,
             ),
-            stream_errors=Counter(
-                "block_scheduler_stream_errors_total",
-                "Streams cut by an upstream failure after the first byte (error event sent).",
-                ["replica"],
-                registry=r,
-            ),
             ttft_seconds=Histogram(
                 "block_scheduler_ttft_seconds",
-                "Time to first streamed byte as the gateway sees it, seconds.",
+                "Time to a streamed answer's headers (its first token), as the picker sees it, "
+                "seconds.",
                 ["endpoint"],
                 buckets=LATENCY_BUCKETS,
                 registry=r,
@@ -177,7 +170,7 @@ class SchedulerMetrics:
             ),
             inflight=Gauge(
                 "block_scheduler_inflight_requests",
-                "Requests this gateway is proxying now, by replica.",
+                "Requests this picker sent that have not ended yet, by replica.",
                 ["replica"],
                 registry=r,
             ),
@@ -187,30 +180,4 @@ class SchedulerMetrics:
                 ["state"],
                 registry=r,
             ),
-        )
-
-
-class FrontDoorCounts(Protocol):
-    answered: int
-    handed_over: int
-
-
-class FrontDoorCollector:
-    """The front door's two counts, read at scrape time (plain integers on the request path,
-    no locked counter per request)."""
-
-    def __init__(self, door: FrontDoorCounts) -> None:
-        self._door = door
-
-    def collect(self) -> Iterator[Metric]:
-        yield CounterMetricFamily(
-            "block_scheduler_lean_requests",
-            "Requests answered on the front door's lean path (whole completions).",
-            value=self._door.answered,
-        )
-        yield CounterMetricFamily(
-            "block_scheduler_handed_over_connections",
-            "Connections the front door gave to aiohttp (streams, other endpoints, unusual "
-            "framing, bodies the wire models refuse).",
-            value=self._door.handed_over,
         )

@@ -1,15 +1,17 @@
-"""`block scheduler`: the OpenAI-compatible gateway that routes by predicted latency.
+"""The endpoint picker's state and its HTTP admin app (`block epp`, `block gateway`).
 
-    POST /v1/completions, /v1/chat/completions   routed, proxied, streamed (SSE) as it arrives
-    GET  /v1/models                               from a ready replica
-    GET  /v1/replicas                             what this gateway sees of each replica
+`create_app` builds what the picker decides with (replica set and discovery, health probes,
+predictor client, router, length source, tokenizer), in the app's start-up, and serves beside
+it (Envoy carries the OpenAI traffic; the picker is `epp.py`):
+
+    GET  /v1/replicas                             what this picker sees of each replica
     GET  /v1/autoscaling/load, POST .../drain     the operator's autoscaler (autoscaling_api)
     GET  /healthz                                 200 while the process serves
     GET  /metrics                                 Prometheus text format (block_scheduler_*)
 
 Errors are `application/problem+json` (RFC 9457) with an OpenAI-style `error` member too, so
-OpenAI client libraries show the message. The gateway keeps no state another gateway would
-need: any number can run side by side.
+OpenAI client libraries show the message. A picker keeps no state another picker would need:
+any number can run side by side.
 """
 
 from __future__ import annotations
@@ -19,28 +21,24 @@ import dataclasses
 import logging
 import os
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
 
 import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from block.errors import InvalidRequest, Unavailable
 from block.predictor.tokens import Tokens
-from block.scheduler import answers, autoscaling_api, frontdoor, health, parsing
+from block.scheduler import answers, autoscaling_api, health, parsing
 from block.scheduler import discovery as discovery_mod
 from block.scheduler.auth import ApiKeys
 from block.scheduler.lengths import Estimator, LengthSource
 from block.scheduler.metrics import SchedulerMetrics
 from block.scheduler.predicting import PredictorClient
-from block.scheduler.proxying import Proxy
 from block.scheduler.replicas import Endpoint, ReplicaSet
 from block.scheduler.routing import Router, check_policies
 from block.scheduler.settings import SchedulerSettings, cluster_defaults
-from block.simulator.policies import RouteRequest
 from block.simulator.prefix_cache import chain_hashes
 
 logger = logging.getLogger(__name__)
@@ -59,7 +57,6 @@ class Gateway:
     session: aiohttp.ClientSession
     predictor: PredictorClient
     router: Router
-    proxy: Proxy
     lengths: LengthSource
     default_slo: tuple[float | None, float | None]
     discovery: discovery_mod.Discovery
@@ -83,10 +80,6 @@ SETTINGS = web.AppKey("settings", SchedulerSettings)
 METRICS = web.AppKey("metrics", SchedulerMetrics)
 KEYS = web.AppKey("api_keys", ApiKeys)
 GATEWAY = web.AppKey("gateway", Gateway)
-REQUEST_ID = web.RequestKey("request_id", str)
-STARTED = web.RequestKey("started", float)  # loop time the request arrived
-# Paths the front door serves on its lean path (block.scheduler.serving), and their handlers.
-LEAN_ROUTES = web.AppKey("lean_routes", dict[str, frontdoor.LeanHandler])
 
 
 def _endpoint_label(path: str) -> str:
@@ -103,8 +96,6 @@ def _endpoint_label(path: str) -> str:
 async def problems(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Map every failure to problem+json by exception class, and count answers."""
     request_id = request.headers.get("X-Request-Id") or os.urandom(16).hex()
-    request[REQUEST_ID] = request_id
-    request[STARTED] = asyncio.get_running_loop().time()
     response: web.StreamResponse
     try:
         keys = request.app.get(KEYS)
@@ -120,140 +111,6 @@ async def problems(request: web.Request, handler: Handler) -> web.StreamResponse
     metrics = request.app[METRICS]
     metrics.child(metrics.requests, _endpoint_label(request.path), str(response.status)).inc()
     return response
-
-
-async def generate(request: web.Request) -> web.StreamResponse:
-    """A completion through aiohttp: streams, and whatever the lean path declined."""
-    endpoint: parsing.Endpoint = (
-        "chat" if request.path.endswith("chat/completions") else "completions"
-    )
-    raw = await request.read()  # 413 beyond client_max_size
-    app = request.app
-    result = await _generate(
-        app[GATEWAY],
-        app[autoscaling_api.AUTOSCALING],
-        endpoint,
-        request.path,
-        request.headers,
-        raw,
-        parsing.parse_json(raw),
-        request[REQUEST_ID],
-        request[STARTED],
-        request,
-    )
-    return result.to_response() if isinstance(result, answers.Answer) else result
-
-
-async def _generate(
-    gw: Gateway,
-    autoscaling: autoscaling_api.Autoscaling,
-    endpoint: parsing.Endpoint,
-    path: str,
-    headers: Mapping[str, str],
-    raw: bytes,
-    body: dict[str, Any] | parsing.OpenAIRequest,
-    request_id: str,
-    started: float,
-    request: web.Request | None,
-) -> answers.Answer | web.StreamResponse:
-    """Route and serve one completion; `request` is None on the lean path (no streams)."""
-    inbound = parsing.parse(endpoint, body, headers, gw.settings.chars_per_token, gw.default_slo)
-    loop = asyncio.get_running_loop()
-    # Bookkeeping runs through `call_soon`: after the upstream request is written here, after
-    # the answer is written below (the lean path writes it in this task step), never before.
-    loop.call_soon(autoscaling.arrived)
-    # Hashing (tokenizer, in a thread) runs while the length is estimated.
-    hashing = asyncio.ensure_future(gw.prompt_hashes(inbound)) if gw.tokens else None
-    output_tokens = await gw.lengths.output_tokens(inbound)
-    if hashing is not None:
-        inbound = await hashing
-    route = RouteRequest(
-        inbound.prompt_tokens, output_tokens, inbound.slo_ttft_s, inbound.slo_e2e_s
-    )
-    outcome = await gw.proxy.forward(path, raw, inbound, route, request_id, started, request)
-    loop.call_soon(
-        _served, gw, autoscaling, endpoint, inbound.prompt_tokens, outcome.response,
-        loop.time() - started,
-    )  # fmt: skip
-    return outcome.response
-
-
-def _served(
-    gw: Gateway,
-    autoscaling: autoscaling_api.Autoscaling,
-    endpoint: parsing.Endpoint,
-    prompt_tokens: int,
-    response: answers.Answer | web.StreamResponse,
-    seconds: float,
-) -> None:
-    if response.status < 400:
-        gw.metrics.child(gw.metrics.e2e_seconds, endpoint).observe(seconds)
-    autoscaling.served(endpoint, prompt_tokens, response)
-
-
-class LeanCompletions:
-    """One completions endpoint on the front door's lean path: what `problems` and
-    `generate` do, for a request the front door parsed. It answers whole (non-streamed)
-    requests and declines (None) the rest: streams (aiohttp's path parses their body again,
-    once per stream), and bodies the wire models refuse, which aiohttp's path words."""
-
-    def __init__(self, app: web.Application, endpoint: parsing.Endpoint) -> None:
-        self._app = app
-        self._endpoint: parsing.Endpoint = endpoint
-        self._keys = app.get(KEYS)  # set by create_app before the routes are made
-        self._metrics = app[METRICS]
-
-    async def __call__(self, req: frontdoor.LeanRequest) -> answers.Answer | None:
-        try:
-            body = parsing.validate(self._endpoint, req.body)
-            gw = self._app[GATEWAY]
-            autoscaling = self._app[autoscaling_api.AUTOSCALING]
-        except (InvalidRequest, KeyError):
-            return None  # aiohttp's path says what is wrong, as it always has
-        if body.stream:
-            return None
-        request_id = req.headers.get("x-request-id") or os.urandom(16).hex()
-        started = asyncio.get_running_loop().time()
-        try:
-            if self._keys is not None:
-                self._keys.check(req.headers.get("authorization"), req.headers.get("x-api-key"))
-            result = await _generate(
-                gw, autoscaling, self._endpoint, req.path, req.headers, req.body, body,
-                request_id, started, None,
-            )  # fmt: skip
-            assert isinstance(result, answers.Answer)  # no streams here
-            answer = result
-        except Exception as e:  # CancelledError is a BaseException: it passes
-            answer = answers.error_answer(e, request_id)
-        # Counted after the front door has written the answer (it does so in this task step).
-        asyncio.get_running_loop().call_soon(self._count, answer.status)
-        return answer
-
-    def _count(self, status: int) -> None:
-        self._metrics.child(self._metrics.requests, self._endpoint, str(status)).inc()
-
-
-async def models(request: web.Request) -> web.Response:
-    """The models of the first ready replica that answers (replicas serve one model)."""
-    gw = request.app[GATEWAY]
-    now = asyncio.get_running_loop().time()
-    live = gw.replicas.routable(now, set())
-    if not live:
-        raise Unavailable("no replica is ready to serve")
-    errors = []
-    start = random.randrange(len(live))
-    for r in (live[start:] + live[:start])[: gw.settings.max_attempts]:
-        try:
-            async with gw.session.get(
-                r.url + "/v1/models", timeout=aiohttp.ClientTimeout(total=5)
-            ) as resp:
-                data = await resp.read()
-                if resp.status == 200:
-                    return web.Response(body=data, content_type="application/json")
-                errors.append(f"{r.name}: HTTP {resp.status}")
-        except (aiohttp.ClientError, TimeoutError) as e:
-            errors.append(f"{r.name}: {type(e).__name__}")
-    raise Unavailable(f"no replica listed its models ({'; '.join(errors)})")
 
 
 async def replicas_view(request: web.Request) -> web.Response:
@@ -321,13 +178,11 @@ def create_app(
     estimator: Estimator | None = None,
     discovery: discovery_mod.Discovery | None = None,
     tokens: Tokens | None = None,
-    inference: bool = True,
 ) -> web.Application:
-    """The gateway. `estimator` is an already loaded length estimator (None: the prior);
-    `discovery` defaults to what the settings say; `tokens` an already loaded tokenizer for
-    prefix hashes (None: loaded at start-up when the settings and the policy use them).
-    `inference=False`: the endpoint picker's admin app (`block epp`), which serves no OpenAI
-    routes of its own (Envoy carries them) but everything else on the same state."""
+    """The picker's admin app, whose start-up builds the state the picker decides with.
+    `estimator` is an already loaded length estimator (None: the prior); `discovery` defaults
+    to what the settings say; `tokens` an already loaded tokenizer for prefix hashes (None:
+    loaded at start-up when the settings and the policy use them)."""
     check_policies(settings)  # a bad name fails here, not at start-up
     disc = discovery or make_discovery(settings)
     app = web.Application(middlewares=[problems], client_max_size=settings.max_body_bytes)
@@ -364,7 +219,6 @@ def create_app(
             session=session,
             predictor=predictor,
             router=router,
-            proxy=Proxy(session, router, settings, metrics),
             lengths=LengthSource(
                 estimator,
                 settings.prior_output_tokens,
@@ -384,7 +238,6 @@ def create_app(
                 replicas.update(endpoints)
                 urls = {r.url for r in replicas.all()}
                 predictor.prune(urls)
-                gw.proxy.prune(urls)
 
             await disc.start(on_change)
             if settings.health_interval_s > 0:
@@ -392,7 +245,7 @@ def create_app(
                     health.probe_forever(session, replicas, settings.health_interval_s)
                 )
             logger.info(
-                "gateway up: policy %s, %d replica(s), lengths from %s",
+                "picker up: policy %s, %d replica(s), lengths from %s",
                 router.policy.name,
                 len(replicas.all()),
                 gw.lengths.name,
@@ -404,20 +257,10 @@ def create_app(
                 await asyncio.gather(prober, return_exceptions=True)
             await disc.stop()
             await predictor.close()
-            gw.proxy.close()
             await session.close()
             pool.shutdown(wait=False, cancel_futures=True)
 
     app.cleanup_ctx.append(gateway_ctx)
-    lean: dict[str, frontdoor.LeanHandler] = {
-        "/v1/completions": LeanCompletions(app, "completions"),
-        "/v1/chat/completions": LeanCompletions(app, "chat"),
-    }
-    if inference:
-        app[LEAN_ROUTES] = lean
-        app.router.add_post("/v1/completions", generate)
-        app.router.add_post("/v1/chat/completions", generate)
-        app.router.add_get("/v1/models", models)
     app.router.add_get("/v1/replicas", replicas_view)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_endpoint)

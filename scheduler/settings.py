@@ -1,7 +1,7 @@
 """Gateway settings: environment variables `BLOCK_SCHEDULER_*`, overridden by CLI flags.
 
-Built once in `block scheduler` (or by a test) and passed to `create_app`; nothing reads the
-environment later. Each field says its unit, its default and why.
+Built once in `block gateway` / `block epp` (or by a test) and passed to `create_app`;
+nothing reads the environment later. Each field says its unit, its default and why.
 """
 
 from __future__ import annotations
@@ -142,9 +142,6 @@ class SchedulerSettings(BaseSettings):
     api_keys_file: Path | None = None
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    # uvloop serves about 30 % more requests per core than asyncio's own loop; "auto" uses it
-    # when installed (it is a dependency on Linux and macOS).
-    event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
 
     @model_validator(mode="after")
     def _check(self) -> SchedulerSettings:

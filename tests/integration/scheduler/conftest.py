@@ -115,9 +115,7 @@ async def gateway(resources: Resources) -> AsyncIterator[Gateway]:
         estimator = values.pop("estimator", None)
         # The sidecars' tokenizer, already loaded, for prompt hashes.
         access_log = values.pop("access_log", False)
-        app = create_app(
-            SchedulerSettings(**values), estimator, tokens=resources.tokens, inference=False
-        )
+        app = create_app(SchedulerSettings(**values), estimator, tokens=resources.tokens)
         server = await envoy_gateway.start(app, access_log=access_log)
         servers.append(server)
         return server

@@ -227,7 +227,7 @@ async def gateway() -> AsyncIterator[StartGateway]:
         }
         values.update(overrides)
         estimator = values.pop("estimator", None)
-        app = create_app(SchedulerSettings(**values), estimator, inference=False)
+        app = create_app(SchedulerSettings(**values), estimator)
         server = await envoy_gateway.start(app, access_log=False)
         started.append(server)
         return server

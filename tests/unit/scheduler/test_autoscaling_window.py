@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from block.scheduler.autoscaling_api import ArrivalWindow, _usage_field
+from block.scheduler.autoscaling_api import ArrivalWindow
 from block.simulator.workloads import AZURE_CONV, read_trace, trace_path
 
 WINDOW_S = 60.0
@@ -69,14 +69,3 @@ def test_regular_arrivals_have_no_spread_and_a_young_gateway_reports_its_age() -
     assert cv == pytest.approx(0.0, abs=1e-6)
     # Nothing yet: Poisson's CV, never a division by zero.
     assert ArrivalWindow(WINDOW_S, started=0.0).report(5.0)[1:] == (0, 1.0)
-
-
-def test_usage_fields_are_read_from_an_answer() -> None:
-    body = (
-        b'{"id":"cmpl-1","choices":[{"text":"prompt_tokens is a word","index":0}],'
-        b'"usage":{"prompt_tokens": 17,"total_tokens":23,"completion_tokens":6}}'
-    )
-    assert _usage_field(body, b'"completion_tokens"') == 6
-    assert _usage_field(body, b'"prompt_tokens"') == 17
-    assert _usage_field(b'{"usage":null}', b'"completion_tokens"') is None
-    assert _usage_field(b'{"completion_tokens":"x"}', b'"completion_tokens"') is None

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import re
-import types
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
 from block.predictor.metrics import PREDICTOR_GAUGES, PredictorMetrics
-from block.scheduler.metrics import FrontDoorCollector, SchedulerMetrics
+from block.scheduler.metrics import SchedulerMetrics
 
 DASHBOARD = Path(__file__).parents[3] / "charts/block/dashboards/block-gateway.json"
 SERIES = re.compile(r"\b(block_(?:scheduler|predictor)_[a-z0-9_]+)")
@@ -35,8 +34,6 @@ def test_dashboard_reads_existing_metrics() -> None:
     ids = [p["id"] for p in dash["panels"]]
     assert len(ids) == len(set(ids))
     metrics = SchedulerMetrics.create()
-    door = types.SimpleNamespace(answered=0, handed_over=0)  # what serving.start registers
-    metrics.registry.register(FrontDoorCollector(door))
     gateway = known_series(metrics.registry)
     predictor = known_series(PredictorMetrics.create(lambda: {}).registry)  # type: ignore[arg-type]
     predictor.update({g: set() for g in PREDICTOR_GAUGES})
