@@ -18,6 +18,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from block.errors import BlockError, InvalidRequest
+from block.wire.json_body import parse_json_body
 from block.wire.openai import validation_message
 from block.wire.problems import PROBLEM_TYPE, problem_document
 
@@ -113,8 +114,8 @@ async def read_body(request: web.Request) -> bytes:
 
 def parse_json(raw: bytes) -> Any:
     try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
+        return parse_json_body(raw)
+    except ValueError as e:
         raise InvalidRequest(f"request body is not valid JSON: {e}") from e
 
 

@@ -8,7 +8,6 @@ the field. Prompts are never logged or kept beyond the request.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from block.errors import InvalidRequest
+from block.wire.json_body import parse_json_body
 from block.wire.openai import ChatCompletionRequest, CompletionRequest, validation_message
 
 Endpoint = Literal["completions", "chat"]
@@ -48,8 +48,8 @@ def parse_json(raw: bytes) -> dict[str, Any]:
     if not raw:
         raise InvalidRequest("the request body is empty; send a JSON object")
     try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, ValueError) as e:
+        body = parse_json_body(raw)
+    except ValueError as e:
         raise InvalidRequest(f"the request body is not valid JSON: {e}") from e
     if not isinstance(body, dict):
         raise InvalidRequest(f"the request body must be a JSON object, not {_kind(body)}")
