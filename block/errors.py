@@ -37,6 +37,11 @@ class Unauthorized(BlockError):
     title = "Unauthorized"
 
 
+class Forbidden(BlockError):
+    status = 403
+    title = "Forbidden"
+
+
 class NotFound(BlockError):
     status = 404
     title = "Not found"

@@ -3,7 +3,11 @@
 Clients send `Authorization: Bearer <key>` (what OpenAI libraries do) or `x-api-key: <key>`.
 Only SHA-256 digests of the keys are held in memory and compared; keys are never logged, and
 error messages never echo what the client sent. The file is re-read when its modification time
-changes (Secret updates replace it in place), checked at most every `recheck_s` seconds.
+changes (Secret updates replace it in place), checked at most every `recheck_s` seconds. A file
+that is gone or holds no key fails closed: no key is valid until it is back.
+
+The admin token (`AdminToken`, the operator's Secret) opens the admin API only; inference keys
+never do.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import logging
 import time
 from pathlib import Path
 
-from block.errors import ConfigError, Unauthorized
+from block.errors import ConfigError, Forbidden, Unauthorized
 
 logger = logging.getLogger(__name__)
 
@@ -58,14 +62,16 @@ class ApiKeys:
         try:
             mtime = self._path.stat().st_mtime
         except OSError:
-            return  # keep the keys we have; a Secret update swaps the file atomically
+            mtime = -1.0  # gone (a Secret update swaps the file atomically: this is no update)
         if mtime != self._mtime:
+            self._mtime = mtime
             try:
                 self._digests = read_keys(self._path)
-                self._mtime = mtime
                 logger.info("reloaded %d API key(s) from %s", len(self._digests), self._path)
             except ConfigError as e:
-                logger.warning("keeping the old API keys: %s", e.detail)
+                # Fail closed: keys someone removed must stop working, whatever the cause.
+                self._digests = frozenset()
+                logger.error("refusing every request until the key file is usable: %s", e.detail)
 
     def check(self, authorization: str | None, api_key: str | None) -> None:
         """Raise `Unauthorized` unless one of the headers carries a known key."""
@@ -82,3 +88,24 @@ class ApiKeys:
             )
         if _digest(key) not in self._digests:
             raise Unauthorized("the API key is not valid")
+
+
+class AdminToken:
+    """The admin credential: one token in a file, re-read when it changes; fail closed."""
+
+    def __init__(self, path: Path | None, recheck_s: float = 5.0) -> None:
+        self._keys = ApiKeys(path, recheck_s) if path is not None else None
+
+    def load(self) -> None:
+        if self._keys is not None:
+            self._keys.load()
+
+    def check(self, authorization: str | None) -> None:
+        """Raise `Unauthorized` (or `Forbidden` when no token is configured at all)."""
+        if self._keys is None:
+            raise Forbidden(
+                "the admin API is off: the gateway was started without --admin-token-file"
+            )
+        if authorization is None:
+            raise Unauthorized("the admin API needs 'Authorization: Bearer <admin token>'")
+        self._keys.check(authorization, None)

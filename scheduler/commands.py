@@ -16,6 +16,7 @@ _FIELDS = (
     "load_figures", "length_source", "prior_output_tokens", "chars_per_token", "slo_ttft_s",
     "slo_e2e_s", "slo_slack", "max_waiting_per_replica", "max_attempts", "connect_timeout_s",
     "read_timeout_s", "health_interval_s", "max_body_bytes", "api_keys_file", "log_level",
+    "admin_token_file", "first_byte_timeout_s", "header_timeout_s", "request_timeout_s",
     "cluster_config", "prefix_block_size",
 )  # fmt: skip
 
@@ -130,6 +131,18 @@ def _routing_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--health-interval-s", type=float, help="/readyz probe period, 0 off (2)")
     p.add_argument("--max-body-bytes", type=int, help="request body limit (8 MiB)")
     p.add_argument("--api-keys-file", type=Path, help="file of API keys, one per line (none)")
+    p.add_argument(
+        "--admin-token-file",
+        type=Path,
+        help="file with the admin token for /v1/autoscaling/* (none: the admin API is off)",
+    )
+    p.add_argument(
+        "--first-byte-timeout-s",
+        type=float,
+        help="per attempt: a replica silent this long is left for the next (60)",
+    )
+    p.add_argument("--header-timeout-s", type=float, help="slow clients: request headers (10)")
+    p.add_argument("--request-timeout-s", type=float, help="slow clients: whole request (60)")
     p.add_argument("--cluster-config", type=Path, help="operator cluster.json (for SLOs)")
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.add_argument("--log-json", action="store_true", default=None, help="JSON log lines")

@@ -59,6 +59,8 @@ class EnvoyPolicy:
     max_attempts: int
     connect_timeout_s: float
     read_timeout_s: float  # longest silence from an engine mid-answer
+    header_timeout_s: float  # a client's request headers, all of them
+    request_timeout_s: float  # a client's whole request, body included
     picker_timeout_s: float
     max_body_bytes: int
     access_log: bool = True
@@ -102,6 +104,14 @@ def _listener(layout: EnvoyLayout, policy: EnvoyPolicy) -> dict[str, Any]:
         # A stream may be silent while a long prompt is prefilled; the route's idle timeout
         # bounds silence from the engine, this one the whole exchange's inactivity.
         "stream_idle_timeout": _duration(policy.read_timeout_s),
+        # Slow clients (a byte a second resets no idle timer here): deadlines for the headers
+        # and for the whole request; 408 and a closed connection past them.
+        "request_headers_timeout": _duration(policy.header_timeout_s),
+        "request_timeout": _duration(policy.request_timeout_s),
+        # Clients are external: Envoy drops the x-envoy-* headers they send (timeouts, retry
+        # policies), so only the picker sets those.
+        "use_remote_address": True,
+        "internal_address_config": {"cidr_ranges": []},
         "route_config": {"name": "openai", "virtual_hosts": [_virtual_host(policy)]},
         "local_reply_config": _local_replies(policy),
         "http_filters": [_ext_proc_filter(policy), _router_filter()],
@@ -137,7 +147,8 @@ def _virtual_host(policy: EnvoyPolicy) -> dict[str, Any]:
         "timeout": "0s",  # streams last as long as generation does
         "idle_timeout": _duration(policy.read_timeout_s),
         "retry_policy": {
-            "retry_on": "connect-failure,refused-stream,reset-before-request,"
+            # gateway-error covers an attempt past the picker's per-try limit (no first byte).
+            "retry_on": "connect-failure,refused-stream,reset-before-request,gateway-error,"
             "retriable-status-codes",
             "retriable_status_codes": list(RETRIABLE_STATUSES),
             "num_retries": policy.max_attempts - 1,
@@ -276,6 +287,9 @@ def _ext_proc_filter(policy: EnvoyPolicy) -> dict[str, Any]:
                 "timeout": _duration(max(policy.picker_timeout_s, 1.0)),
             },
             "failure_mode_allow": True,
+            # The picker sets Envoy's per-attempt time limit (x-envoy-upstream-rq-per-try-...),
+            # which ext_proc may not touch by default.
+            "mutation_rules": {"allow_envoy": True},
             "message_timeout": _duration(policy.picker_timeout_s),
             "processing_mode": PROCESSING_MODE,
             "metadata_options": {

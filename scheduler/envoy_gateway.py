@@ -243,6 +243,8 @@ def policy_for(settings: SchedulerSettings, access_log: bool) -> envoy_config.En
         max_attempts=settings.max_attempts,
         connect_timeout_s=settings.connect_timeout_s,
         read_timeout_s=settings.read_timeout_s,
+        header_timeout_s=settings.header_timeout_s,
+        request_timeout_s=settings.request_timeout_s,
         picker_timeout_s=settings.picker_timeout_s,
         max_body_bytes=settings.max_body_bytes,
         access_log=access_log,

@@ -47,6 +47,7 @@ from block.scheduler.epp_protocol import (
     DESTINATION,
     LB_NAMESPACE,
     OUTPUT_TOKENS_HEADER,
+    PER_TRY_TIMEOUT_HEADER,
     PICKER_DETAILS_PREFIX,
     SERVED,
     SUBSET,
@@ -252,7 +253,11 @@ class EndpointPicker(ext_proc_grpc.ExternalProcessorServicer):  # type: ignore[m
             return self._refuse(gw, ex, e)
         ex.tickets.append(decision.ticket)
         ex.chosen = decision.replica
-        extra = {OUTPUT_TOKENS_HEADER: str(output_tokens), "x-request-id": ex.request_id}
+        extra = {
+            OUTPUT_TOKENS_HEADER: str(output_tokens),
+            "x-request-id": ex.request_id,
+            PER_TRY_TIMEOUT_HEADER: str(first_byte_ms(gw, inbound.stream, route, decision)),
+        }
         endpoints = self._endpoints(gw, decision, exclude)
         return _destination("request_body", endpoints, extra, self._strip)
 
@@ -363,6 +368,19 @@ class EndpointPicker(ext_proc_grpc.ExternalProcessorServicer):  # type: ignore[m
                 details=f"{PICKER_DETAILS_PREFIX}{answer.status}",
             )
         )
+
+
+def first_byte_ms(gw: Gateway, stream: bool, route: RouteRequest, decision: Decision) -> int:
+    """How long one attempt may take to answer (Envoy's per-try timeout, which ends at the
+    response headers: a stream's first token, a whole answer's end), milliseconds."""
+    s = gw.settings
+    p = decision.prediction
+    if stream:
+        limit = max(s.first_byte_timeout_s, 4.0 * p.ttft_s if p is not None else 0.0)
+    else:
+        budget = s.first_byte_timeout_s + s.first_byte_per_token_s * route.output_tokens
+        limit = max(budget, 4.0 * p.e2e_s if p is not None else 0.0)
+    return max(1, round(1000.0 * min(limit, s.read_timeout_s)))
 
 
 class _TooLarge(BlockError):

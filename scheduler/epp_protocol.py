@@ -19,4 +19,6 @@ SERVICE_NAME = "envoy.service.ext_proc.v3.ExternalProcessor"
 # Block's own: the length estimate sent on to the replica's sidecar, and the prefix of the
 # `details` of the picker's immediate responses (so the data plane leaves their bodies alone).
 OUTPUT_TOKENS_HEADER = "x-block-output-tokens"
+# Envoy's per-attempt time limit to the response headers, which the picker sets per request.
+PER_TRY_TIMEOUT_HEADER = "x-envoy-upstream-rq-per-try-timeout-ms"
 PICKER_DETAILS_PREFIX = "block_epp_"

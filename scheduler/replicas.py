@@ -18,10 +18,23 @@ import itertools
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
 
 from block.wire.predict import LoadFigures
 
 NEVER = -math.inf
+
+
+def redact(url: str) -> str:
+    """`url` without the user and password it may carry (for views and logs)."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +139,7 @@ class Replica:
         """The JSON shape of /v1/replicas."""
         return {
             "name": self.name,
-            "url": self.url,
+            "url": redact(self.url),
             "ready": self.ready,
             "probe_ok": self.probe_ok,
             "routable": self.routable(now),

@@ -32,7 +32,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from block.predictor.tokens import Tokens
 from block.scheduler import answers, autoscaling_api, health, parsing
 from block.scheduler import discovery as discovery_mod
-from block.scheduler.auth import ApiKeys
+from block.scheduler.auth import AdminToken, ApiKeys
 from block.scheduler.lengths import Estimator, LengthSource
 from block.scheduler.metrics import SchedulerMetrics
 from block.scheduler.predicting import PredictorClient
@@ -79,6 +79,8 @@ class Gateway:
 SETTINGS = web.AppKey("settings", SchedulerSettings)
 METRICS = web.AppKey("metrics", SchedulerMetrics)
 KEYS = web.AppKey("api_keys", ApiKeys)
+ADMIN = web.AppKey("admin_token", AdminToken)
+AUTOSCALING_PREFIX = "/v1/autoscaling/"
 GATEWAY = web.AppKey("gateway", Gateway)
 
 
@@ -92,15 +94,23 @@ def _endpoint_label(path: str) -> str:
     return "other"
 
 
+def _needs_admin(request: web.Request) -> bool:
+    """The autoscaling API always; `/v1/replicas` (replica addresses) once the gateway has
+    API keys, which mean its clients are not all trusted. `/metrics` and `/healthz` stay open
+    for probes and Prometheus."""
+    if request.path.startswith(AUTOSCALING_PREFIX):
+        return True
+    return request.path == "/v1/replicas" and request.app.get(KEYS) is not None
+
+
 @web.middleware
 async def problems(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Map every failure to problem+json by exception class, and count answers."""
     request_id = request.headers.get("X-Request-Id") or os.urandom(16).hex()
     response: web.StreamResponse
     try:
-        keys = request.app.get(KEYS)
-        if keys is not None and request.path.startswith("/v1/"):
-            keys.check(request.headers.get("Authorization"), request.headers.get("x-api-key"))
+        if _needs_admin(request):
+            request.app[ADMIN].check(request.headers.get("Authorization"))
         response = await handler(request)
     except web.HTTPException as e:
         if e.status < 400:
@@ -192,6 +202,8 @@ def create_app(
         keys = ApiKeys(settings.api_keys_file)
         keys.load()
         app[KEYS] = keys
+    app[ADMIN] = admin = AdminToken(settings.admin_token_file)
+    admin.load()
     defaults = cluster_defaults(settings.cluster_config)
     default_slo = (
         settings.slo_ttft_s if settings.slo_ttft_s is not None else defaults.slo_ttft_s,

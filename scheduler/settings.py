@@ -124,6 +124,18 @@ class SchedulerSettings(BaseSettings):
     connect_timeout_s: Seconds = 2.0
     # Longest wait for the next byte from an engine (a long non-streamed generation).
     read_timeout_s: Seconds = 600.0
+    # Time-to-first-byte limit per attempt (a replica that takes requests but never answers):
+    # past it Envoy gives up on that replica and tries the next of the picker's list. A stream
+    # answers at its first token: this limit, or 4x its predicted TTFT if longer. A whole
+    # answer comes at its end: the limit plus `first_byte_per_token_s` per estimated output
+    # token, or 4x its predicted e2e if longer.
+    first_byte_timeout_s: Seconds = 60.0
+    first_byte_per_token_s: Annotated[float, Field(ge=0)] = 0.25
+    # Slow clients: all request headers within this long, the whole request (body included)
+    # within `request_timeout_s`, or Envoy answers 408 and closes (counted in its stats
+    # downstream_rq_header_timeout / downstream_rq_timeout, logged in its access log).
+    header_timeout_s: Seconds = 10.0
+    request_timeout_s: Seconds = 60.0
     # A replica whose proxying failed is avoided for backoff * 2^(failures-1), at most max.
     failure_backoff_s: Seconds = 1.0
     failure_backoff_max_s: Seconds = 30.0
@@ -140,6 +152,10 @@ class SchedulerSettings(BaseSettings):
     # File with one API key per line (# comments); unset: no authentication. Re-read when it
     # changes (a Kubernetes Secret mount updates in place).
     api_keys_file: Path | None = None
+    # File holding the admin token (the operator's Secret): `/v1/autoscaling/*` (and
+    # `/v1/replicas` when API keys are set) need `Authorization: Bearer <token>`; unset, they
+    # answer 403. Inference API keys never open them.
+    admin_token_file: Path | None = None
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -16,6 +17,15 @@ from block.simulator.replica import ReplicaConfig
 from block.wire.autoscaling import DrainStatus, LoadReport
 
 MODEL = "meta-llama/Llama-2-7b-hf"
+ADMIN_TOKEN = "admin-3f9c"
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+async def admin_gateway(gateway: Any, replicas: Any, tmp_path: Path, **kw: Any) -> Any:
+    """A gateway whose admin API opens with ADMIN_TOKEN (as the operator's Secret does)."""
+    token = tmp_path / "admin-token"
+    token.write_text(ADMIN_TOKEN + "\n")
+    return await gateway(replicas, admin_token_file=token, **kw)
 
 
 def body(tokens: int, stream: bool = False) -> dict[str, Any]:
@@ -33,14 +43,17 @@ async def post(gw: Any, payload: dict[str, Any]) -> tuple[int, str]:
 
 
 async def load(gw: Any) -> LoadReport:
-    async with aiohttp.ClientSession() as s, s.get(gw.make_url("/v1/autoscaling/load")) as r:
+    async with (
+        aiohttp.ClientSession(headers=ADMIN) as s,
+        s.get(gw.make_url("/v1/autoscaling/load")) as r,
+    ):
         assert r.status == 200
         return LoadReport.model_validate(await r.json())
 
 
 async def drain(gw: Any, payload: Any) -> tuple[int, dict[str, Any]]:
     async with (
-        aiohttp.ClientSession() as s,
+        aiohttp.ClientSession(headers=ADMIN) as s,
         s.post(gw.make_url("/v1/autoscaling/drain"), json=payload) as r,
     ):
         return r.status, await r.json(content_type=None)
@@ -54,10 +67,10 @@ async def metric(gw: Any, name: str) -> float:
 
 
 async def test_load_report_follows_traffic_and_bad_drains_are_4xx(
-    cluster: Any, gateway: Any
+    cluster: Any, gateway: Any, tmp_path: Path
 ) -> None:
     replicas = await cluster(2)
-    gw = await gateway(replicas, policy="block")
+    gw = await admin_gateway(gateway, replicas, tmp_path, policy="block")
     empty = await load(gw)
     assert (empty.arrivals, empty.sizes) == (0, [])
     assert sorted(r.name for r in empty.replicas) == sorted(r.name for r in replicas)
@@ -88,10 +101,10 @@ async def test_load_report_follows_traffic_and_bad_drains_are_4xx(
 
 
 async def test_drain_stops_routing_and_reports_idle_once_requests_finish(
-    cluster: Any, gateway: Any
+    cluster: Any, gateway: Any, tmp_path: Path
 ) -> None:
     a, b = await cluster(2)
-    gw = await gateway([a, b], policy="round-robin")
+    gw = await admin_gateway(gateway, [a, b], tmp_path, policy="round-robin")
     # Park long streams on `a`: drain `b` while they start, then undo it.
     assert (await drain(gw, {"replica": b.name}))[0] == 200
     long = [asyncio.create_task(post(gw, body(150, stream=True))) for _ in range(3)]
@@ -133,11 +146,11 @@ class Pods:
 
 
 async def test_operator_advisor_drains_through_the_real_gateway(
-    cluster: Any, gateway: Any, resources: Any
+    cluster: Any, gateway: Any, resources: Any, tmp_path: Path
 ) -> None:
     n = 3
     replicas = await cluster(n)
-    gw = await gateway(replicas, policy="block")
+    gw = await admin_gateway(gateway, replicas, tmp_path, policy="block")
     assert all(s == 200 for s, _ in await asyncio.gather(*(post(gw, body(4)) for _ in range(6))))
     spec = specs.BlockClusterSpec.model_validate({
         "model": MODEL, "engine": {"kind": "twin", "gpu": "a100"},
@@ -146,7 +159,7 @@ async def test_operator_advisor_drains_through_the_real_gateway(
     })  # fmt: skip
     clock = [1000.0]
     pods, events = Pods(), []
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(headers=ADMIN) as session:
         advisor = provisioning.PredictiveAdvisor(
             session=session, pods=pods,
             events=lambda c, reason, msg: events.append((reason, msg)),
@@ -172,3 +185,37 @@ async def test_operator_advisor_drains_through_the_real_gateway(
         assert await advisor.advise(ref, spec, specs.BlockClusterStatus()) == n - 1
         assert pods.calls == [(victim, {provisioning.DELETION_COST_ANNOTATION: "-1000"})]
         assert [reason for reason, _ in events][-1] == "ScaledDown"
+
+
+async def test_admin_api_needs_the_admin_token_not_an_api_key(
+    cluster: Any, gateway: Any, tmp_path: Path
+) -> None:
+    replicas = await cluster(2)
+    keys = tmp_path / "keys"
+    keys.write_text("client-key\n")
+    gw = await admin_gateway(gateway, replicas, tmp_path, api_keys_file=keys)
+    no_admin = await gateway(replicas)  # started without --admin-token-file
+    client = {"Authorization": "Bearer client-key"}
+    drain_body = {"replica": replicas[0].name}
+    async with aiohttp.ClientSession() as s:
+        for headers, status in [({}, 401), (client, 401), (ADMIN, 200)]:
+            async with s.get(gw.make_url("/v1/autoscaling/load"), headers=headers) as r:
+                assert r.status == status, headers
+            async with s.get(gw.make_url("/v1/replicas"), headers=headers) as r:
+                assert r.status == status, headers
+        for headers in ({}, client):
+            async with s.post(
+                gw.make_url("/v1/autoscaling/drain"), json=drain_body, headers=headers
+            ) as r:
+                assert r.status == 401
+                assert "client-key" not in await r.text()
+        async with s.post(gw.make_url("/v1/completions"), json=body(2), headers=client) as r:
+            assert r.status == 200  # the client key still serves inference
+        async with s.post(
+            no_admin.make_url("/v1/autoscaling/drain"), json=drain_body, headers=ADMIN
+        ) as r:
+            assert r.status == 403 and "admin-token-file" in await r.text()
+        async with s.get(gw.make_url("/metrics")) as r:
+            assert r.status == 200  # Prometheus needs no credential
+    # No replica was drained by any of the refused calls.
+    assert not any(r.draining for r in (await load(gw)).replicas)

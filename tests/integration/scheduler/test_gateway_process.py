@@ -32,6 +32,8 @@ async def test_block_gateway_command(cluster: Any, tmp_path: Path) -> None:
     port = free_port()
     keys = tmp_path / "keys"
     keys.write_text("k-123\n")
+    admin = tmp_path / "admin-token"
+    admin.write_text("adm-456\n")
     log = tmp_path / "gateway.log"
     exe = Path(sys.executable).parent / "block"
     with log.open("wb") as out:
@@ -40,6 +42,7 @@ async def test_block_gateway_command(cluster: Any, tmp_path: Path) -> None:
              "--grpc-port", str(free_port()), "--admin-port", str(free_port()),
              "--envoy-admin-port", str(free_port()), "--envoy-concurrency", "1",
              "--replicas", ",".join(r.url for r in replicas), "--api-keys-file", str(keys),
+             "--admin-token-file", str(admin),
              "--length-source", "estimator", "--predict-deadline-ms", "250"],
             stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )  # fmt: skip
@@ -56,6 +59,9 @@ async def test_block_gateway_command(cluster: Any, tmp_path: Path) -> None:
                     pass
                 await asyncio.sleep(0.1)
             async with s.get(url + "/v1/replicas", headers={"x-api-key": "k-123"}) as r:
+                assert r.status == 401  # an inference key does not open the admin API
+            auth = {"Authorization": "Bearer adm-456"}
+            async with s.get(url + "/v1/replicas", headers=auth) as r:
                 view = await r.json()
         assert view["length_source"].startswith("estimator:")
         async with openai.AsyncOpenAI(base_url=url + "/v1", api_key="k-123") as c:
@@ -68,7 +74,7 @@ async def test_block_gateway_command(cluster: Any, tmp_path: Path) -> None:
         rc = await asyncio.to_thread(proc.wait, 30)
     text = log.read_text()
     assert rc == 0, text
-    assert "k-123" not in text and "Traceback" not in text
+    assert "k-123" not in text and "adm-456" not in text and "Traceback" not in text
     assert '"path":"/v1/completions"' in text  # Envoy's access log, one JSON line a request
 
 

@@ -11,6 +11,7 @@ from block import cli
 from block.errors import ConfigError, Unauthorized
 from block.scheduler import commands
 from block.scheduler.auth import ApiKeys, read_keys
+from block.scheduler.replicas import Endpoint, Replica, redact
 from block.scheduler.settings import SchedulerSettings, cluster_defaults
 
 
@@ -46,9 +47,23 @@ def test_keys_are_checked_and_reloaded(tmp_path: Path) -> None:
     keys.check("Bearer beta", None)
     with pytest.raises(Unauthorized):
         keys.check("Bearer alpha", None)
-    f.write_text("")  # a broken update keeps the keys in force
+    f.write_text("")  # emptied: no key works any more (fail closed)
     os.utime(f, (2, 2))
-    keys.check("Bearer beta", None)
+    with pytest.raises(Unauthorized, match="not valid"):
+        keys.check("Bearer beta", None)
+    f.write_text("gamma\n")
+    os.utime(f, (3, 3))
+    keys.check("Bearer gamma", None)
+    f.unlink()  # deleted: the same
+    with pytest.raises(Unauthorized):
+        keys.check("Bearer gamma", None)
+
+
+def test_replica_urls_are_shown_without_credentials() -> None:
+    assert redact("http://user:secret@10.0.0.1:8000/base") == "http://***@10.0.0.1:8000/base"
+    assert redact("http://10.0.0.1:8000") == "http://10.0.0.1:8000"
+    view = Replica(Endpoint("r", "http://u:p@[::1]:8000")).describe(0.0)
+    assert view["url"] == "http://***@[::1]:8000" and "p@" not in str(view)
 
 
 def test_cluster_config_slos(tmp_path: Path) -> None:

@@ -18,6 +18,8 @@ POLICY = envoy_config.EnvoyPolicy(
     max_attempts=3,
     connect_timeout_s=2.0,
     read_timeout_s=600.0,
+    header_timeout_s=10.0,
+    request_timeout_s=60.0,
     picker_timeout_s=1.0,
     max_body_bytes=8 << 20,
 )

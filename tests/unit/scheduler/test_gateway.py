@@ -455,3 +455,53 @@ async def test_inflight_gauge_counts_requests_being_proxied(sidecars: Any, gatew
         await asyncio.sleep(0.02)
     assert metric(during, "block_scheduler_inflight_requests", replica=name) == 1
     assert metric(after, "block_scheduler_inflight_requests", replica=name) == 0
+
+
+async def test_a_replica_that_never_answers_is_left_after_the_first_byte_limit(
+    sidecars: Any, gateway: Any
+) -> None:
+    fakes = await sidecars(2)
+    fakes[0].generate_delay_s = 30.0  # takes requests, answers nothing
+    gw = await gateway(
+        fakes, policy="round-robin", first_byte_timeout_s=0.5, first_byte_per_token_s=0.0
+    )
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    results = [await raw_post(gw) for _ in range(4)]
+    assert [r[0] for r in results] == [200] * 4
+    assert {r[1]["x-gateway-destination-endpoint-served"] for r in results} == {
+        fakes[1].replica_name
+    }
+    assert loop.time() - started < 20  # not the hung replica's 30 s (nor the 600 s read limit)
+    metrics = await scrape(gw)
+    assert metric(metrics, "block_scheduler_upstream_errors_total", reason="retried") >= 1
+    view = {r["name"]: r for r in (await replicas_view(gw))["replicas"]}
+    assert view[fakes[0].replica_name]["failures"] >= 1
+
+
+async def test_slow_clients_are_cut_at_the_header_and_request_deadlines(
+    sidecars: Any, gateway: Any
+) -> None:
+    fakes = await sidecars(1)
+    gw = await gateway(fakes, header_timeout_s=0.5, request_timeout_s=1.0)
+    # A byte now and then never completes the headers.
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    writer.write(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n")
+    for _ in range(3):
+        await asyncio.sleep(0.3)
+        writer.write(b"X")
+    answer = await asyncio.wait_for(reader.readline(), 10)  # Envoy then closes (or resets)
+    assert answer.startswith(b"HTTP/1.1 408")
+    writer.close()
+    # Headers in time, a body that never finishes.
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    writer.write(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+    answer = await asyncio.wait_for(reader.readline(), 10)  # Envoy then closes (or resets)
+    assert answer.startswith(b"HTTP/1.1 408")
+    writer.close()
+    stats = await gw.envoy.stats()
+    assert (
+        stats["http.block.downstream_rq_header_timeout"] + stats["http.block.downstream_rq_timeout"]
+        >= 2
+    )
+    assert fakes[0].served == 0
