@@ -33,7 +33,7 @@ from block.errors import InvalidRequest, Unavailable, UpstreamError
 from block.predictor import problems
 from block.predictor.metrics import PredictorMetrics
 from block.predictor.settings import PredictorSettings
-from block.predictor.tokens import Tokens
+from block.predictor.tokens import LONGEST_TOKEN_CHARS, Tokens
 from block.predictor.twin import LiveTwin, Outcome, Tracked
 from block.simulator.prefix_cache import chain_hashes
 from block.wire.openai import (
@@ -92,12 +92,14 @@ class Proxy:
         if kind == "completion":
             comp = problems.validate(CompletionRequest, data)
             prompts = comp.prompts
+            self._refuse_unfittable(sum(len(p) for p in prompts if isinstance(p, str)))
             # A batch of prompts is several engine requests; the twin does not follow those.
             if len(prompts) == 1 and comp.n == 1:
                 counting = self.tokens.completion_prompt_ids(prompts[0], offload)
             limit, stream, ignore_eos = comp.max_tokens, comp.stream, comp.ignore_eos
         else:
             chat = problems.validate(ChatCompletionRequest, data)
+            self._refuse_unfittable(sum(len(m.text()) for m in chat.messages))
             if chat.n == 1:
                 counting = self.tokens.chat_prompt_ids(chat.messages, offload)
             limit, stream, ignore_eos = chat.token_limit, chat.stream, chat.ignore_eos
@@ -120,6 +122,16 @@ class Proxy:
                 count_task.cancel()
             if flight.close():
                 self.metrics.requests.labels("cancelled").inc()
+
+    def _refuse_unfittable(self, chars: int) -> None:
+        """A 400, before any tokenizing, for text too long to fit the context whatever it
+        says (each token is at most LONGEST_TOKEN_CHARS characters)."""
+        context = self.twin.max_model_len
+        if chars > context * LONGEST_TOKEN_CHARS:
+            raise InvalidRequest(
+                f"the prompt is {chars} characters: more than this model's context of "
+                f"{context} tokens can hold (at most {LONGEST_TOKEN_CHARS} characters a token)"
+            )
 
     # ------------------------------------------------------------------ upstream
     async def _forward(

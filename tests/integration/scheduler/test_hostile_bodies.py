@@ -38,3 +38,24 @@ async def test_bad_json_is_a_400_on_every_service(cluster: Any, gateway: Any, ra
         ok = {"model": MODEL, "prompt": "hi", "max_tokens": 2}
         async with s.post(targets["gateway"], json=ok) as r:
             assert r.status == 200
+
+
+async def test_a_prompt_that_cannot_fit_is_refused_before_tokenizing(cluster: Any) -> None:
+    (replica,) = await cluster(1)
+    # 4,096 tokens of context x 128 characters (the longest Llama-3 token), and one more.
+    huge = "x" * (4096 * 128 + 1)
+    async with aiohttp.ClientSession() as s:
+        for path, payload in [
+            ("/v1/completions", {"model": MODEL, "prompt": huge, "max_tokens": 2}),
+            ("/v1/chat/completions", {"model": MODEL, "max_tokens": 2,
+                                      "messages": [{"role": "user", "content": huge}]}),
+        ]:  # fmt: skip
+            async with s.post(replica.url + path, json=payload) as r:
+                body = await r.json(content_type=None)
+                assert r.status == 400 and "characters" in body["detail"], body
+        async with s.get(replica.engine.url + "/metrics") as r:
+            assert "vllm:num_requests_running" in await r.text()
+        async with s.get(replica.url + "/metrics") as r:
+            text = await r.text()
+    # The engine never saw them: the sidecar proxied nothing.
+    assert 'block_predictor_requests_total{outcome="completed"}' not in text
