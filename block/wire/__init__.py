@@ -10,9 +10,9 @@ from pydantic import BaseModel, ConfigDict
 
 
 class WireModel(BaseModel):
-    """Base of Block's own API bodies."""
+    """Base of Block's own API bodies: a field takes its JSON type only (`"100"` is not 100)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
 
 __all__ = ["WireModel"]

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import Field
+from pydantic import Field, Strict
 
 from block.wire import WireModel
 
@@ -44,7 +44,12 @@ class LoadReport(WireModel):
     arrivals: Count  # requests received in the last interval
     interarrival_cv: Annotated[float, Field(ge=0)] = 1.0
     sizes: Annotated[
-        list[tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]]],
+        # A JSON array is a pair here: the one place where a list stands for a tuple.
+        list[
+            Annotated[
+                tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]], Strict(False)
+            ]
+        ],
         Field(max_length=512),
     ] = Field(default_factory=list)
     replicas: list[ReplicaLoad] = Field(default_factory=list)

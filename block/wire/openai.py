@@ -33,12 +33,19 @@ class OpenAIModel(BaseModel):
 TokenLimit = Annotated[int, Field(ge=1, le=MAX_TOKENS_LIMIT)]
 
 
-class StreamOptions(OpenAIModel):
+class OpenAIRequestModel(OpenAIModel):
+    """Base of request bodies: the fields Block reads take their JSON type only, as OpenAI and
+    vLLM answer (`"stream": "yes"`, `"max_tokens": "5"` or `true` are 400s, not coerced)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+
+class StreamOptions(OpenAIRequestModel):
     include_usage: bool = False
     continuous_usage_stats: bool = False  # vLLM: usage on every chunk
 
 
-class _SamplingFields(OpenAIModel):
+class _SamplingFields(OpenAIRequestModel):
     """Fields shared by completions and chat that Block reads or checks."""
 
     model: Annotated[str, Field(min_length=1)]
@@ -57,6 +64,10 @@ class _SamplingFields(OpenAIModel):
     def include_usage(self) -> bool:
         return self.stream_options is not None and self.stream_options.include_usage
 
+    def _check_min_tokens(self, limit: int | None) -> None:
+        if limit is not None and self.min_tokens > limit:
+            raise ValueError(f"min_tokens ({self.min_tokens}) is above the token limit ({limit})")
+
 
 TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
 
@@ -74,6 +85,7 @@ class CompletionRequest(_SamplingFields):
     def _one_prompt(self) -> CompletionRequest:
         if isinstance(self.prompt, list) and len(self.prompt) == 0:
             raise ValueError("prompt must not be empty")
+        self._check_min_tokens(self.max_tokens)
         return self
 
     @property
@@ -92,12 +104,12 @@ class CompletionRequest(_SamplingFields):
         return [ids] if ids else out
 
 
-class TextPart(OpenAIModel):
+class TextPart(OpenAIRequestModel):
     type: str
     text: str | None = None
 
 
-class ChatMessage(OpenAIModel):
+class ChatMessage(OpenAIRequestModel):
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[TextPart] | None = None
     name: str | None = None
@@ -126,6 +138,11 @@ class ChatCompletionRequest(_SamplingFields):
     @property
     def token_limit(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens else self.max_tokens
+
+    @model_validator(mode="after")
+    def _limits(self) -> ChatCompletionRequest:
+        self._check_min_tokens(self.token_limit)
+        return self
 
 
 # ---------------------------------------------------------------------------------- responses

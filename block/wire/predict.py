@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import Field, model_validator
+from pydantic import Field, Strict, model_validator
 
 from block.wire import WireModel
 
@@ -113,6 +113,11 @@ class StateResponse(WireModel):
     # [prompt_tokens, output_tokens] of the requests completed last, oldest first (every
     # gateway's): the request-size mix the autoscaler simulates.
     recent_sizes: Annotated[
-        list[tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]]],
+        # A JSON array is a pair here: the one place where a list stands for a tuple.
+        list[
+            Annotated[
+                tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]], Strict(False)
+            ]
+        ],
         Field(max_length=512),
     ] = Field(default_factory=list)

@@ -19,9 +19,19 @@ def test_completion_summary() -> None:
 
 
 def test_the_sidecars_wire_models_decide_what_is_valid() -> None:
-    # The same lax parsing the sidecar applies: a request the gateway passes, it accepts.
-    got = parse("completions", {"model": "m", "prompt": "hi", "stream": "true", "extra": 1})
+    # The same strict models the sidecar applies: unknown fields pass through to the engine,
+    # the fields Block reads take their JSON type only (as OpenAI and vLLM answer).
+    got = parse("completions", {"model": "m", "prompt": "hi", "stream": True, "extra": 1})
     assert got.stream
+    for field, value in [("stream", "true"), ("max_tokens", "5"), ("max_tokens", True),
+                         ("n", 1.5), ("ignore_eos", 1)]:  # fmt: skip
+        with pytest.raises(InvalidRequest, match=field):
+            parse("completions", {"model": "m", "prompt": "hi", field: value})
+    with pytest.raises(InvalidRequest, match="min_tokens"):
+        parse("completions", {"model": "m", "prompt": "hi", "max_tokens": 4, "min_tokens": 9})
+    with pytest.raises(InvalidRequest, match="min_tokens"):
+        parse("chat", {"model": "m", "messages": [{"role": "user", "content": "hi"}],
+                       "max_completion_tokens": 4, "min_tokens": 9})  # fmt: skip
 
 
 def test_completion_max_tokens_defaults_to_16_like_openai() -> None:
