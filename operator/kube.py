@@ -1,5 +1,5 @@
-"""The operator's few Kubernetes calls: server-side apply, get, status and scale patches, and
-whether the cluster serves an API (discovery).
+"""The operator's few Kubernetes calls: server-side apply, create, get, status and scale
+patches, and whether the cluster serves an API (discovery).
 
 `Kube` is the seam the reconciler depends on; `ClientKube` implements it over the official
 client's `ApiClient` (its transport, authentication and TLS), building request paths from a
@@ -23,6 +23,8 @@ PLURALS: dict[tuple[str, str], str] = {
     ("v1", "ConfigMap"): "configmaps",
     ("v1", "Service"): "services",
     ("v1", "ServiceAccount"): "serviceaccounts",
+    ("v1", "Secret"): "secrets",
+    ("networking.k8s.io/v1", "NetworkPolicy"): "networkpolicies",
     ("apps/v1", "Deployment"): "deployments",
     ("rbac.authorization.k8s.io/v1", "Role"): "roles",
     ("rbac.authorization.k8s.io/v1", "RoleBinding"): "rolebindings",
@@ -49,6 +51,10 @@ class ApiError(UpstreamError):
         return 400 <= self.code < 500 and self.code not in (408, 409, 429)
 
     @property
+    def already_exists(self) -> bool:
+        return self.code == 409
+
+    @property
     def namespace_terminating(self) -> bool:
         """Refused because the namespace is being deleted: nothing new may be created there."""
         return self.code == 403 and "NamespaceTerminating" in self.causes
@@ -56,6 +62,10 @@ class ApiError(UpstreamError):
 
 class Kube(Protocol):
     async def apply(self, obj: RawObject, *, field_manager: str) -> RawObject: ...
+
+    async def create(self, obj: RawObject, *, field_manager: str) -> RawObject:
+        """POST `obj`; `ApiError` with code 409 if it exists already (nothing is changed)."""
+        ...
 
     async def get(
         self, api_version: str, kind: str, namespace: str, name: str
@@ -157,6 +167,15 @@ class ClientKube:
             "PATCH", path, query=query, body=obj, content_type=APPLY_CONTENT_TYPE
         )
         return _present(result, path)
+
+    async def create(self, obj: RawObject, *, field_manager: str) -> RawObject:
+        meta = obj["metadata"]
+        path = object_path(obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"])
+        collection = path.rsplit("/", 1)[0]
+        result = await self._request(
+            "POST", collection, query=[("fieldManager", field_manager)], body=obj
+        )
+        return _present(result, collection)
 
     async def get(self, api_version: str, kind: str, namespace: str, name: str) -> RawObject | None:
         return await self._request("GET", object_path(api_version, kind, namespace, name))

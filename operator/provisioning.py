@@ -13,6 +13,8 @@ from the load figures (queued requests sized from the recent mix), and ask the p
 
 Every decision that changes something is posted as an Event with the predicted p99 at each N.
 State per cluster (forecast, drain in progress) lives in the advisor instance, keyed by uid.
+Both calls carry the cluster's admin token (`Authorization: Bearer`, from `TokenSource`: the
+Secret `NAME-admin`); a 401/403 makes it read the token again and try once more.
 """
 
 from __future__ import annotations
@@ -44,6 +46,14 @@ DRAIN_PATH = "/v1/autoscaling/drain"
 
 EventSink = Callable[[meta.ClusterRef, str, str], None]  # (cluster, reason, message)
 Clock = Callable[[], float]
+
+
+class TokenSource(Protocol):
+    """The admin token of a cluster's gateway (`block.operator.credentials.AdminTokens`)."""
+
+    async def get(self, cluster: meta.ClusterRef) -> str | None: ...
+
+    def forget(self, cluster: meta.ClusterRef) -> None: ...
 
 
 class PodAnnotator(Protocol):
@@ -151,6 +161,7 @@ class PredictiveAdvisor:
     timeout_s: float = 10.0
     clock: Clock = time.monotonic
     wall_clock: Callable[[], datetime.datetime] = _utc_now  # status timestamps
+    tokens: TokenSource | None = None  # None: no credentials sent
     _clusters: dict[str, _ClusterState] = field(default_factory=dict)
 
     def last_decision(self, cluster: meta.ClusterRef) -> specs.AutoscalingStatus | None:
@@ -166,7 +177,7 @@ class PredictiveAdvisor:
         state = self._clusters.setdefault(cluster.uid, _ClusterState())
         base = self.gateway_url(cluster)
         try:
-            load = await self._load(base)
+            load = await self._load(cluster, base)
         except (TimeoutError, aiohttp.ClientError, ValueError) as e:
             logger.warning("autoscaler: no load from %s: %s", base, e)
             return None  # no opinion without data: keep the replicas
@@ -212,7 +223,7 @@ class PredictiveAdvisor:
             (live[i] for i in decision.victims),
             key=lambda r: (r.predicted_drain_seconds or 0.0, r.num_running + r.num_waiting),
         )
-        await self._post_drain(base, victim.name, True)
+        await self._post_drain(cluster, base, victim.name, True)
         state.drain = _Drain(victim.name, spec.replicas - 1, self.clock())
         state.last = state.last.model_copy(update={"draining": victim.name})
         self.events(cluster, "Draining", f"stopped routing to {victim.name} before removal")
@@ -265,17 +276,34 @@ class PredictiveAdvisor:
             r.submit(Request(-1_000_000 * (index + 1) - j, now, prompt, output), now)
         return r
 
-    async def _load(self, base: str) -> LoadReport:
+    async def _admin(
+        self, cluster: meta.ClusterRef, method: str, url: str, body: Any = None
+    ) -> bytes:
+        """One call to the gateway's admin API with the cluster's token: the answer's body
+        (JSON, for `model_validate_json`: the wire models are strict, JSON arrays are tuples
+        only when parsed as JSON)."""
         timeout = aiohttp.ClientTimeout(total=self.timeout_s)
-        async with self.session.get(base + LOAD_PATH, timeout=timeout) as resp:
-            resp.raise_for_status()
-            return LoadReport.model_validate(await resp.json())
+        for attempt in (1, 2):
+            token = await self.tokens.get(cluster) if self.tokens is not None else None
+            headers = {"Authorization": f"Bearer {token}"} if token else {}
+            async with self.session.request(
+                method, url, json=body, headers=headers, timeout=timeout
+            ) as resp:
+                if resp.status in (401, 403) and attempt == 1 and self.tokens is not None:
+                    self.tokens.forget(cluster)  # replaced Secret: read it again, once
+                    continue
+                resp.raise_for_status()
+                return await resp.read()
+        raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _post_drain(self, base: str, pod: str, draining: bool) -> None:
-        timeout = aiohttp.ClientTimeout(total=self.timeout_s)
+    async def _load(self, cluster: meta.ClusterRef, base: str) -> LoadReport:
+        return LoadReport.model_validate_json(await self._admin(cluster, "GET", base + LOAD_PATH))
+
+    async def _post_drain(
+        self, cluster: meta.ClusterRef, base: str, pod: str, draining: bool
+    ) -> None:
         body = DrainRequest(replica=pod, draining=draining).model_dump()
-        async with self.session.post(base + DRAIN_PATH, json=body, timeout=timeout) as resp:
-            resp.raise_for_status()
+        await self._admin(cluster, "POST", base + DRAIN_PATH, body)
 
 
 @dataclass
@@ -290,6 +318,7 @@ class AdvisorService:
     drain_timeout_s: float = 300.0
     events: EventSink = kopf_events
     gateway_url: Callable[[meta.ClusterRef], str] = default_gateway_url
+    tokens: TokenSource | None = None
     _advisor: PredictiveAdvisor | None = None
 
     async def startup(self, **_: Any) -> None:
@@ -302,6 +331,7 @@ class AdvisorService:
                 interval_s=self.interval_s,
                 lead_s=self.lead_s,
                 drain_timeout_s=self.drain_timeout_s,
+                tokens=self.tokens,
             )
 
     async def cleanup(self, **_: Any) -> None:

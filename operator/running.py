@@ -11,7 +11,7 @@ from typing import Any
 
 import kopf
 
-from block.operator import autoscaling, kube, provisioning
+from block.operator import autoscaling, credentials, kube, provisioning
 from block.operator.blockcluster import children, handlers, meta, reconciling
 from block.operator.settings import OperatorSettings
 
@@ -69,14 +69,18 @@ def build_registry(
     return registry
 
 
-def autoscaler(settings: OperatorSettings, client: Any) -> provisioning.AdvisorService:
+def autoscaler(
+    settings: OperatorSettings, client: Any, kube_api: kube.Kube | None = None
+) -> provisioning.AdvisorService:
     """Block's predictive autoscaler for clusters that enable it (register it on the registry
-    so its HTTP session opens and closes with the operator)."""
+    so its HTTP session opens and closes with the operator); it reads each cluster's admin
+    token through `kube_api` (None: it sends no credentials, for gateways that ask none)."""
     service = provisioning.AdvisorService(
         client,
         interval_s=settings.resync_interval_s,
         lead_s=settings.autoscaler_lead_s,
         drain_timeout_s=settings.autoscaler_drain_timeout_s,
+        tokens=credentials.AdminTokens(kube_api) if kube_api is not None else None,
     )
     if settings.autoscaler_gateway_url:
         url = settings.autoscaler_gateway_url.rstrip("/")
@@ -87,7 +91,7 @@ def autoscaler(settings: OperatorSettings, client: Any) -> provisioning.AdvisorS
 def run(settings: OperatorSettings) -> int:
     client = api_client()
     kube_api = kube.ClientKube(client, timeout_s=settings.request_timeout_s)
-    advisor = autoscaler(settings, client)
+    advisor = autoscaler(settings, client, kube_api)
     registry = build_registry(settings, kube_api, advisor)
     advisor.register(registry)
     liveness = None

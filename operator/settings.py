@@ -33,8 +33,11 @@ class OperatorSettings(BaseSettings):
     # Every BlockCluster is re-applied this often even without events, seconds: a safety net
     # for missed watch events; drift is normally repaired at once from the children's events.
     resync_interval_s: Annotated[float, Field(gt=0)] = 60.0
-    # Wait before retrying a reconcile that failed for a passing reason, seconds.
+    # Wait before retrying a reconcile that failed for a passing reason, seconds; doubled on
+    # each failure in a row up to retry_max_delay_s (an apiserver that keeps refusing is not
+    # asked every few seconds forever; the status says why meanwhile).
     retry_delay_s: Annotated[float, Field(gt=0)] = 5.0
+    retry_max_delay_s: Annotated[float, Field(gt=0)] = 300.0
     # Timeout of each Kubernetes API request, seconds.
     request_timeout_s: Annotated[float, Field(gt=0)] = 30.0
     # Port of the liveness endpoint (/healthz) for the kubelet's probe; 0: none.

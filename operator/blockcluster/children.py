@@ -9,6 +9,7 @@ from block.operator.blockcluster import (
     engine_objects,
     epp_objects,
     meta,
+    network_objects,
     pool_objects,
     scheduler_objects,
     specs,
@@ -20,6 +21,7 @@ CHILD_KINDS: tuple[tuple[str, str], ...] = (
     ("v1", "ServiceAccount"),
     ("rbac.authorization.k8s.io/v1", "Role"),
     ("rbac.authorization.k8s.io/v1", "RoleBinding"),
+    (network_objects.API_VERSION, network_objects.KIND),
     ("v1", "Service"),
     ("apps/v1", "Deployment"),
     (pool_objects.API_VERSION, pool_objects.KIND),
@@ -32,7 +34,8 @@ def render(
     settings: meta.RenderSettings,
     inference_pool: bool = False,
 ) -> list[dict[str, Any]]:
-    """Children in dependency order: config and identity before the pods that use them.
+    """Children in dependency order: config, identity and network policies before the pods
+    that use them (the admin-token Secret is not among them: `reconciling` creates it once).
 
     Always the engines and the standalone gateway (the front door that needs nothing else);
     with `inference_pool` (the cluster serves the InferencePool API) also the endpoint picker
@@ -46,6 +49,8 @@ def render(
         scheduler_objects.service_account(cluster),
         scheduler_objects.role(cluster),
         scheduler_objects.role_binding(cluster),
+        network_objects.engine_policy(cluster, spec),
+        network_objects.scheduler_policy(cluster, spec),
         engine_objects.service(cluster),
         engine_objects.headless_service(cluster),
         engine_objects.deployment(cluster, spec, settings, config_hash),
@@ -54,6 +59,7 @@ def render(
     ]
     if inference_pool:
         objects += [
+            network_objects.epp_policy(cluster, spec),
             *epp_objects.objects(cluster, spec, settings, config_hash),
             pool_objects.inference_pool(cluster),
         ]

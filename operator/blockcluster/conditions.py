@@ -5,10 +5,14 @@ Three conditions, each stamped with the generation they describe:
 - Ready: every engine replica of the current spec is ready and the gateway (and the endpoint
   picker, where there is one) has its replicas.
 - Progressing: a rollout or scaling is under way (new pods not all ready, old ones not gone).
-- Degraded: something needs a person: the spec could not be applied, or a Deployment is stuck
-  (replica failures, progress deadline exceeded).
+- Degraded: something needs a person: the spec could not be applied (the apiserver's message,
+  naming the child), a Secret the pods mount is missing, or a Deployment is stuck (replica
+  failures, progress deadline exceeded).
 
-`lastTransitionTime` changes only when a condition's status changes.
+`lastTransitionTime` changes only when a condition's status changes. `frontDoors` lists the
+InferencePool only where requests through it can reach the sidecars: the NetworkPolicy is off
+or admits the peers of `spec.networkPolicy.ingressFrom` (a Gateway's proxies); otherwise Ready's
+message says why it is left out.
 """
 
 from __future__ import annotations
@@ -18,6 +22,12 @@ import datetime
 from typing import Any
 
 from block.operator.blockcluster import meta, pool_objects, scheduler_objects, specs
+
+POOL_CLOSED = (
+    "the InferencePool front door is closed: the NetworkPolicy admits only this cluster's "
+    "gateway and picker to the sidecars; list your Gateway's proxies in "
+    "spec.networkPolicy.ingressFrom"
+)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -67,8 +77,8 @@ class DeploymentView:
 @dataclasses.dataclass(frozen=True, slots=True)
 class Observation:
     """What one reconcile saw: the Deployments (None if absent), whether the cluster serves the
-    InferencePool API (then the endpoint picker's Deployment belongs to the cluster too), and
-    any apply error."""
+    InferencePool API (then the endpoint picker's Deployment belongs to the cluster too), any
+    apply error, and (reason, message) of what keeps applied children from serving."""
 
     engine: DeploymentView | None
     scheduler: DeploymentView | None
@@ -76,6 +86,10 @@ class Observation:
     error_message: str = ""
     inference_pool: bool = False
     epp: DeploymentView | None = None
+    blocked: tuple[str, str] | None = None
+    # The NetworkPolicy admits no Gateway API proxy to the sidecars (spec.networkPolicy
+    # enabled, ingressFrom empty): the InferencePool's requests cannot reach them.
+    pool_closed: bool = False
 
     def deployments(self) -> list[tuple[str, DeploymentView | None]]:
         """The Deployments the cluster should have, by the name conditions call them."""
@@ -124,6 +138,8 @@ def compute(
     ]
     if seen.error_reason:
         degraded = (True, seen.error_reason, seen.error_message)
+    elif seen.blocked:
+        degraded = (True, *seen.blocked)
     elif failures:
         degraded = (True, "DeploymentStuck", "; ".join(failures))
     else:
@@ -140,6 +156,8 @@ def compute(
 
     if seen.error_reason:
         ready = (False, seen.error_reason, seen.error_message)
+    elif seen.blocked:
+        ready = (False, *seen.blocked)
     elif engine is not None and engine.desired == 0:
         ready = (False, "ScaledToZero", "spec.replicas is 0: no engine serves requests")
     elif not missing and not pending:
@@ -147,6 +165,9 @@ def compute(
     else:
         ready = (False, "ReplicasNotReady", "; ".join(pending) or progressing[2])
 
+    pool_open = seen.inference_pool and not seen.pool_closed
+    if seen.inference_pool and seen.pool_closed and not seen.error_reason:
+        ready = (ready[0], ready[1], f"{ready[2]}; {POOL_CLOSED}")
     gen = cluster.generation
     conditions = [
         _condition("Ready", *ready, gen, before, stamp),
@@ -164,7 +185,7 @@ def compute(
         epp_ready_replicas=seen.epp.ready if seen.inference_pool and seen.epp else 0,
         selector=meta.selector_string(cluster, "engine"),
         endpoint=scheduler_objects.endpoint(cluster),
-        front_doors=["Gateway", "InferencePool"] if seen.inference_pool else ["Gateway"],
+        front_doors=["Gateway", "InferencePool"] if pool_open else ["Gateway"],
         inference_pool=pool_objects.name(cluster) if seen.inference_pool else None,
         conditions=conditions,
         autoscaling=previous.autoscaling,  # the autoscaler's to write, not the reconciler's

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from block.operator.blockcluster import specs
+from block.operator.blockcluster import catalogue, flags, specs
 
 RawSchema = dict[str, Any]
 
@@ -40,12 +40,24 @@ def _positive_seconds(description: str) -> RawSchema:
     }
 
 
-def _args(description: str) -> RawSchema:
+def _args(description: str, where: str, reserved: tuple[str, ...]) -> RawSchema:
+    """Extra arguments of one command, none of which may set a flag the operator sets."""
     return {
         "type": "array",
-        "description": description,
+        "description": f"{description} Flags the operator sets are refused: {', '.join(reserved)}.",
         "maxItems": specs.MAX_ARGS,
-        "items": {"type": "string", "maxLength": specs.MAX_ARG_LENGTH},
+        "items": {
+            "type": "string",
+            "maxLength": specs.MAX_ARG_LENGTH,
+            "x-kubernetes-validations": [
+                {
+                    "rule": flags.cel_rule(reserved),
+                    "message": f"{where} must not set flags the operator sets "
+                    f"({', '.join(reserved)}, or abbreviations of them): use the spec's own "
+                    "fields",
+                }
+            ],
+        },
         "default": [],
     }
 
@@ -53,9 +65,19 @@ def _args(description: str) -> RawSchema:
 def _quantities() -> RawSchema:
     return {
         "type": "object",
+        "maxProperties": specs.MAX_RESOURCES,
         "additionalProperties": {
             "anyOf": [{"type": "integer"}, {"type": "string"}],
             "x-kubernetes-int-or-string": True,
+            "maxLength": specs.MAX_QUANTITY_LENGTH,  # bounds the CEL rule's cost
+            "x-kubernetes-validations": [
+                {
+                    "rule": "type(self) == int ? self >= 0 : "
+                    "(isQuantity(self) && !quantity(self).isLessThan(quantity('0')))",
+                    "message": "must be a Kubernetes quantity that is not negative, "
+                    "e.g. 500m, 2, 16Gi",
+                }
+            ],
         },
     }
 
@@ -74,7 +96,7 @@ def _image(description: str) -> RawSchema:
 
 
 def spec_schema() -> RawSchema:
-    policies = ", ".join(specs.POLICIES)
+    policies = ", ".join((*specs.POLICIES, specs.POLICY_HELP))
     policy_list = ", ".join(f"'{p}'" for p in specs.POLICIES)
     # Required, with no default: the default kind (vllm) needs an image only the user can name.
     engine = {
@@ -89,7 +111,8 @@ def spec_schema() -> RawSchema:
             },
             "image": _image("Engine image; required for vllm, Block's image for the twin."),
             "gpu": _string(
-                "GPU type of the nodes (a100, h100): picks the latency profile.",
+                f"GPU type of the nodes ({', '.join(catalogue.gpus())}): picks the latency "
+                "profile.",
                 default="h100",
                 minLength=1,
                 maxLength=64,
@@ -97,7 +120,9 @@ def spec_schema() -> RawSchema:
             "tensorParallel": {
                 "type": "integer",
                 "format": "int32",
-                "description": "GPUs per replica (tensor-parallel size).",
+                "description": "GPUs per replica (tensor-parallel size). Block's profiles have: "
+                + catalogue.profiled_sizes()
+                + ".",
                 "default": 1,
                 "x-kubernetes-validations": [
                     {
@@ -140,7 +165,9 @@ def spec_schema() -> RawSchema:
                     },
                 },
             },
-            "args": _args("Extra engine arguments, appended after Block's."),
+            "args": _args(
+                "Extra engine arguments, appended after Block's.", "engine.args", flags.ENGINE
+            ),
             "env": {
                 "type": "array",
                 "description": "Extra environment variables of the engine container.",
@@ -184,7 +211,9 @@ def spec_schema() -> RawSchema:
         "required": ["model", "engine"],
         "properties": {
             "model": _string(
-                "Model to serve (Hugging Face name), e.g. meta-llama/Llama-3.1-8B-Instruct.",
+                "Model to serve (Hugging Face name), e.g. meta-llama/Meta-Llama-3-8B; one of "
+                "Block's profiles unless predictor.image (and engine.image for the twin) name "
+                "images of your own.",
                 maxLength=256,
                 **{
                     "x-kubernetes-validations": [
@@ -203,7 +232,7 @@ def spec_schema() -> RawSchema:
                 "default": {},
                 "properties": {
                     "image": _image("Predictor image (default: the operator's Block image)."),
-                    "args": _args("Extra predictor arguments."),
+                    "args": _args("Extra predictor arguments.", "predictor.args", flags.PREDICTOR),
                     "resources": _resources("Predictor container resources."),
                 },
             },
@@ -217,11 +246,14 @@ def spec_schema() -> RawSchema:
                 "properties": {
                     "policy": {
                         "type": "string",
-                        "description": f"Routing policy: one of {policies}.",
+                        "description": f"Routing policy: one of {policies} (K from 1 to 999; "
+                        "power-of-k and block-k take --k from args).",
                         "default": "block",
+                        "maxLength": 64,
                         "x-kubernetes-validations": [
                             {
-                                "rule": f"self in [{policy_list}]",
+                                "rule": f"self in [{policy_list}] || "
+                                f"self.matches('{specs.POLICY_PATTERN}')",
                                 "message": f"scheduler.policy must be one of: {policies}",
                             }
                         ],
@@ -230,9 +262,34 @@ def spec_schema() -> RawSchema:
                     "image": _image("Gateway image (default: the operator's Block image)."),
                     "args": _args(
                         "Extra block gateway arguments; the endpoint picker gets those "
-                        "block epp takes too (not the Envoy ones)."
+                        "block epp takes too (not the Envoy ones).",
+                        "scheduler.args",
+                        flags.SCHEDULER,
                     ),
                     "resources": _resources("Gateway (and endpoint-picker) container resources."),
+                    "apiKeys": {
+                        "type": "object",
+                        "description": "Inference API keys clients must present (Bearer or "
+                        "x-api-key): a Secret in this namespace, one key per line under `key`, "
+                        "mounted into the gateway and the endpoint picker (--api-keys-file). "
+                        "Absent: no keys asked.",
+                        "required": ["secretName"],
+                        "properties": {
+                            "secretName": _string(
+                                "Name of the Secret.",
+                                minLength=1,
+                                maxLength=253,
+                                pattern=specs.DNS_SUBDOMAIN,
+                            ),
+                            "key": _string(
+                                "Key of the Secret holding the keys file.",
+                                default="keys",
+                                minLength=1,
+                                maxLength=253,
+                                pattern=specs.SECRET_KEY,
+                            ),
+                        },
+                    },
                 },
             },
             "replicas": _integer(
@@ -247,6 +304,26 @@ def spec_schema() -> RawSchema:
                 "properties": {
                     "ttftSeconds": _positive_seconds("Time-to-first-token objective (p99), s."),
                     "e2eSeconds": _positive_seconds("End-to-end latency objective (p99), s."),
+                },
+            },
+            "networkPolicy": {
+                "type": "object",
+                "description": "NetworkPolicies: the sidecars (the engines' one open port) admit "
+                "this cluster's gateway and endpoint picker and the ingressFrom peers only; the "
+                "gateway and the picker admit anyone on their ports. Disabled, the policies "
+                "admit everything.",
+                "default": {},
+                "properties": {
+                    "enabled": {"type": "boolean", "default": True},
+                    "ingressFrom": {
+                        "type": "array",
+                        "description": "More NetworkPolicyPeers (podSelector, namespaceSelector, "
+                        "ipBlock) that may reach the sidecars: a Gateway API implementation's "
+                        "proxies for the InferencePool front door, Prometheus.",
+                        "default": [],
+                        "maxItems": 32,
+                        "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+                    },
                 },
             },
             "autoscaling": {
@@ -276,6 +353,7 @@ def spec_schema() -> RawSchema:
                 "reason": "FieldValueInvalid",
                 "fieldPath": ".replicas",
             },
+            *catalogue.cel_rules(),
         ],
     }
 
@@ -312,7 +390,8 @@ def status_schema() -> RawSchema:
                 "type": "array",
                 "description": "Ways in: Gateway (the standalone gateway, Service "
                 "NAME-scheduler), and InferencePool where the cluster serves the Gateway API "
-                "Inference Extension's InferencePool API (route an HTTPRoute to it).",
+                "Inference Extension's InferencePool API (route an HTTPRoute to it) and the "
+                "NetworkPolicy lets a Gateway's proxies reach the sidecars (networkPolicy).",
                 "items": {"type": "string", "enum": ["Gateway", "InferencePool"]},
                 "x-kubernetes-list-type": "set",
             },

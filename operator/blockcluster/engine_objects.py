@@ -1,8 +1,12 @@
 """The engine replicas: a Deployment of engine + predictor-sidecar pods, and their Services.
 
 Each pod runs the engine (stock vLLM, or `block engine`, the simulated twin) on
-`ENGINE_PORT` and `block predictor` on `PREDICTOR_PORT` in front of it. The predictor is in the
-request path, so both Services target the predictor, never the engine directly:
+`ENGINE_PORT` of the pod's loopback, and `block predictor` on `PREDICTOR_PORT` in front of it:
+the sidecar is the one way to the engine (nothing outside the pod can reach the engine, so
+nothing gets around the sidecar's twin, limits and keys). The kubelet probes the pod's IP, so
+the engine's liveness (and vLLM's start-up) probe runs inside the container (`python3`, which
+both images have); readiness is the sidecar's, whose `/readyz` fails while the engine does.
+Both Services target the predictor:
 
 - `NAME-engine` (ClusterIP): the pickers discover replicas through its EndpointSlices.
 - `NAME-engine-headless` (no cluster IP): its DNS name resolves to every ready replica's pod
@@ -21,8 +25,17 @@ from block.operator.blockcluster import config_objects, meta, specs
 
 COMPONENT = "engine"
 GPU_RESOURCE = "nvidia.com/gpu"
-TWIN_RESOURCES = {"requests": {"cpu": "250m", "memory": "256Mi"}}
-PREDICTOR_RESOURCES = {"requests": {"cpu": "250m", "memory": "256Mi"}}
+TWIN_RESOURCES = {
+    "requests": {"cpu": "250m", "memory": "256Mi"},
+    "limits": {"memory": meta.BLOCK_MEMORY_LIMIT},
+}
+PREDICTOR_RESOURCES = {
+    "requests": {"cpu": "250m", "memory": "256Mi"},
+    "limits": {"memory": meta.BLOCK_MEMORY_LIMIT},
+}
+# The engine's own address: the pod's loopback, where only its sidecar connects.
+ENGINE_HOST = "127.0.0.1"
+HEALTH_CHECK = "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)"
 # vLLM loads weights before /health answers: allow it half an hour before the kubelet gives up.
 VLLM_STARTUP_PERIOD_S = 10
 VLLM_STARTUP_FAILURES = 180
@@ -36,14 +49,14 @@ def engine_argv(cluster: meta.ClusterRef, spec: specs.BlockClusterSpec) -> list[
     if engine.kind == "vllm":
         base = [
             "--model", spec.model,
-            "--host", "0.0.0.0",
+            "--host", ENGINE_HOST,
             "--port", str(meta.ENGINE_PORT),
             "--tensor-parallel-size", str(engine.tensor_parallel),
             *engine.scheduling.argv(),
         ]  # fmt: skip
     else:
         base = [
-            "--host", "0.0.0.0",
+            "--host", ENGINE_HOST,
             "--port", str(meta.ENGINE_PORT),
             "--gpu", engine.gpu,
             "--model", spec.model,
@@ -57,7 +70,7 @@ def predictor_argv(cluster: meta.ClusterRef, spec: specs.BlockClusterSpec) -> li
     return [
         "--host", "0.0.0.0",
         "--port", str(meta.PREDICTOR_PORT),
-        "--engine-url", f"http://127.0.0.1:{meta.ENGINE_PORT}",
+        "--engine-url", f"http://{ENGINE_HOST}:{meta.ENGINE_PORT}",
         "--gpu", spec.engine.gpu,
         "--model", spec.model,
         "--tp", str(spec.engine.tensor_parallel),
@@ -67,16 +80,26 @@ def predictor_argv(cluster: meta.ClusterRef, spec: specs.BlockClusterSpec) -> li
     ]  # fmt: skip
 
 
+def health_probe(period_s: int, failure_threshold: int) -> dict[str, Any]:
+    """GET /health of the engine on the pod's loopback, from inside its container."""
+    url = f"http://{ENGINE_HOST}:{meta.ENGINE_PORT}/health"
+    return {
+        "exec": {"command": ["python3", "-c", HEALTH_CHECK, url]},
+        "periodSeconds": period_s,
+        "timeoutSeconds": 5,
+        "failureThreshold": failure_threshold,
+    }
+
+
 def _engine_container(
     cluster: meta.ClusterRef, spec: specs.BlockClusterSpec, settings: meta.RenderSettings
 ) -> dict[str, Any]:
     engine = spec.engine
     container: dict[str, Any] = {
         "name": "engine",
-        "ports": [{"name": "engine", "containerPort": meta.ENGINE_PORT, "protocol": "TCP"}],
+        # No containerPort: the engine listens on the pod's loopback only.
         "env": [e.model_dump() for e in engine.env],
-        "readinessProbe": meta.http_probe("/health", "engine", 5, 3),
-        "livenessProbe": meta.http_probe("/health", "engine", 10, 6),
+        "livenessProbe": health_probe(10, 6),
     }
     if engine.kind == "vllm":
         # Only the GPU count is ours; every other resource is the user's to set.
@@ -86,9 +109,7 @@ def _engine_container(
             imagePullPolicy=settings.image_pull_policy,
             args=engine_argv(cluster, spec),
             resources=meta.resources(engine.resources, {"limits": gpus, "requests": gpus}),
-            startupProbe=meta.http_probe(
-                "/health", "engine", VLLM_STARTUP_PERIOD_S, VLLM_STARTUP_FAILURES
-            ),
+            startupProbe=health_probe(VLLM_STARTUP_PERIOD_S, VLLM_STARTUP_FAILURES),
         )
     else:
         container.update(

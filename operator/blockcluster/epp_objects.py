@@ -5,18 +5,29 @@ Rendered only where the cluster serves the InferencePool API (`pool_objects`): t
 `endpointPickerRef` and asks it, over Envoy's ext_proc gRPC API, which replica serves each
 request. The picker discovers the replicas as the standalone gateway does, from the engine
 Service's EndpointSlices, with a ServiceAccount of its own (`rbac_objects`). Its routing
-settings are the gateway's (`spec.scheduler`: policy, image, replicas, resources, args), so
-both front doors route alike.
+settings and credentials are the gateway's (`spec.scheduler`: policy, image, replicas,
+resources, args, API keys; the cluster's admin token), so both front doors route and guard
+alike.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from block.operator.blockcluster import config_objects, engine_objects, meta, rbac_objects, specs
+from block.operator.blockcluster import (
+    config_objects,
+    engine_objects,
+    meta,
+    rbac_objects,
+    secret_objects,
+    specs,
+)
 
 COMPONENT = "epp"
-EPP_RESOURCES = {"requests": {"cpu": "250m", "memory": "256Mi"}}
+EPP_RESOURCES = {
+    "requests": {"cpu": "250m", "memory": "256Mi"},
+    "limits": {"memory": meta.BLOCK_MEMORY_LIMIT},
+}
 TERMINATION_GRACE_S = 30
 # The gRPC health services the endpoint-picker protocol names (what `block epp` serves).
 LIVENESS_SERVICE = "liveness"
@@ -54,6 +65,7 @@ def epp_argv(cluster: meta.ClusterRef, spec: specs.BlockClusterSpec) -> list[str
         "--discover", "k8s",
         "--namespace", cluster.namespace,
         "--service", meta.child_name(cluster, engine_objects.COMPONENT),
+        *secret_objects.argv(spec),
         *picker_args(spec.scheduler.args),
     ]  # fmt: skip
 
@@ -79,14 +91,23 @@ def deployment(
         "readinessProbe": meta.grpc_probe(meta.EPP_GRPC_PORT, READINESS_SERVICE, 5, 3),
         "livenessProbe": meta.grpc_probe(meta.EPP_GRPC_PORT, LIVENESS_SERVICE, 10, 6),
         "securityContext": meta.restricted_security_context(meta.BLOCK_UID),
-        "volumeMounts": [config_objects.volume_mount(), {"name": "tmp", "mountPath": "/tmp"}],
+        "volumeMounts": [
+            config_objects.volume_mount(),
+            {"name": "tmp", "mountPath": "/tmp"},
+            *secret_objects.volume_mounts(spec),
+        ],
     }
     pod_spec = {
         "serviceAccountName": meta.child_name(cluster, COMPONENT),
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": TERMINATION_GRACE_S,
+        "securityContext": secret_objects.pod_security_context(),
         "containers": [container],
-        "volumes": [config_objects.pod_volume(cluster), {"name": "tmp", "emptyDir": {}}],
+        "volumes": [
+            config_objects.pod_volume(cluster),
+            {"name": "tmp", "emptyDir": {}},
+            *secret_objects.volumes(cluster, spec),
+        ],
     }
     return meta.deployment(cluster, COMPONENT, spec.scheduler.replicas, config_hash, pod_spec)
 

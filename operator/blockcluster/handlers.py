@@ -1,7 +1,8 @@
 """kopf handlers for BlockCluster (thin: every trigger ends in `Reconciler.reconcile`).
 
 - The BlockCluster's own create / update / resume: reconcile, with kopf's retries for passing
-  failures; an invalid spec is a Warning event plus `kopf.PermanentError` (a spec change retries).
+  failures (backing off: `retry_delay`); an invalid spec, or a child the apiserver refuses, is
+  a Warning event plus `kopf.PermanentError` (a spec change retries; so does the resync timer).
 - Events of its children (labelled `app.kubernetes.io/managed-by: block-operator`): reconcile
   the owner at once, so a deleted or hand-edited child is restored and the status follows the
   Deployments' readiness.
@@ -30,6 +31,11 @@ def _plural(api_version: str, kind: str) -> str:
     return kube.PLURALS[(api_version, kind)]
 
 
+def retry_delay(settings: OperatorSettings, retry: int) -> float:
+    """Seconds before retry number `retry` + 1 (kopf counts from 0): doubling, bounded."""
+    return float(min(settings.retry_delay_s * 2 ** min(retry, 32), settings.retry_max_delay_s))
+
+
 def register(
     registry: kopf.OperatorRegistry,
     reconciler: reconciling.Reconciler,
@@ -39,14 +45,15 @@ def register(
     """Add the BlockCluster handlers to `registry` (no global registry: tests build their own)."""
 
     async def reconcile_cluster(
-        body: kopf.Body, namespace: str | None, name: str | None, **_: Any
+        body: kopf.Body, namespace: str | None, name: str | None, retry: int = 0, **_: Any
     ) -> None:
         assert namespace and name  # BlockCluster is namespaced
         try:
             result = await reconciler.reconcile(namespace, name)
         except kube.ApiError as e:
+            delay = retry_delay(settings, retry)
             raise kopf.TemporaryError(
-                f"reconcile failed, will retry: {e.detail}", delay=settings.retry_delay_s
+                f"reconcile failed, will retry in {delay:.0f} s: {e.detail}", delay=delay
             ) from e
         if result.outcome is reconciling.Outcome.INVALID:
             kopf.warn(body, reason="InvalidSpec", message=result.message)

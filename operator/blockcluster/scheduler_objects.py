@@ -6,8 +6,9 @@ watch, hence the Role); Envoy's hosts are the pod IPs the engines' headless Serv
 (`--replicas-dns`). The picker's gRPC and admin ports and Envoy's admin port stay on loopback;
 Envoy's listener routes `/healthz`, `/metrics`, `/v1/replicas` and `/v1/autoscaling/*` to the
 picker's admin, so the Service's one port serves clients, probes, Prometheus and the operator's
-autoscaler alike. Envoy writes its bootstrap under /tmp (an emptyDir: the root filesystem is
-read-only). Stateless: `spec.scheduler.replicas` copies run side by side behind one Service.
+autoscaler alike; the admin endpoints want the cluster's admin token (`secret_objects`). Envoy
+writes its bootstrap under /tmp (an emptyDir: the root filesystem is read-only). Stateless:
+`spec.scheduler.replicas` copies run side by side behind one Service.
 
 The component keeps its first name, `scheduler` (objects `NAME-scheduler`, status
 `schedulerReadyReplicas`): renaming would move the address clients already use.
@@ -17,11 +18,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from block.operator.blockcluster import config_objects, engine_objects, meta, rbac_objects, specs
+from block.operator.blockcluster import (
+    config_objects,
+    engine_objects,
+    meta,
+    rbac_objects,
+    secret_objects,
+    specs,
+)
 
 COMPONENT = "scheduler"
 # Envoy and the picker in one container: a little more than the picker alone.
-SCHEDULER_RESOURCES = {"requests": {"cpu": "500m", "memory": "384Mi"}}
+SCHEDULER_RESOURCES = {
+    "requests": {"cpu": "500m", "memory": "384Mi"},
+    "limits": {"memory": meta.BLOCK_MEMORY_LIMIT},
+}
 TERMINATION_GRACE_S = 30
 # Envoy starts one worker per host core by default (it does not read the pod's CPU limit): on a
 # large node that is dozens of idle workers with their own buffers. Two serve a request rate
@@ -41,6 +52,7 @@ def scheduler_argv(
         "--service", meta.child_name(cluster, engine_objects.COMPONENT),
         "--replicas-dns", engine_objects.replicas_dns(cluster, settings),
         "--envoy-concurrency", str(ENVOY_WORKERS),
+        *secret_objects.argv(spec),
         *spec.scheduler.args,
     ]  # fmt: skip
 
@@ -76,14 +88,23 @@ def deployment(
         "readinessProbe": meta.http_probe("/healthz", "http", 5, 3),
         "livenessProbe": meta.http_probe("/healthz", "http", 10, 6),
         "securityContext": meta.restricted_security_context(meta.BLOCK_UID),
-        "volumeMounts": [config_objects.volume_mount(), {"name": "tmp", "mountPath": "/tmp"}],
+        "volumeMounts": [
+            config_objects.volume_mount(),
+            {"name": "tmp", "mountPath": "/tmp"},
+            *secret_objects.volume_mounts(spec),
+        ],
     }
     pod_spec = {
         "serviceAccountName": meta.child_name(cluster, COMPONENT),
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": TERMINATION_GRACE_S,
+        "securityContext": secret_objects.pod_security_context(),
         "containers": [container],
-        "volumes": [config_objects.pod_volume(cluster), {"name": "tmp", "emptyDir": {}}],
+        "volumes": [
+            config_objects.pod_volume(cluster),
+            {"name": "tmp", "emptyDir": {}},
+            *secret_objects.volumes(cluster, spec),
+        ],
     }
     return meta.deployment(cluster, COMPONENT, spec.scheduler.replicas, config_hash, pod_spec)
 

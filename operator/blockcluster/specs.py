@@ -8,10 +8,21 @@ cluster would run; `tests/unit/operator` checks that the two schemas agree field
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
+
+from block.operator.blockcluster import catalogue, flags, quantities
 
 GROUP = "block.dev"
 VERSION = "v1alpha1"
@@ -21,23 +32,41 @@ PLURAL = "blockclusters"
 SINGULAR = "blockcluster"
 SHORT_NAMES = ("bc",)
 
-# Routing policies the scheduler (block.scheduler) implements; the CRD rejects other names.
+# Routing policies the gateway and the picker accept (`block.scheduler.routing.resolve_policy`
+# over `block.simulator.policies.make_policy`); the CRD rejects other names. `power-of-k` and
+# `block-k` take k from `--k` in scheduler.args (2); the pattern below names it instead. The
+# offline experiments' baselines (llm-d-*, dynamo-kv, aibrix-prefix, sglang-cache-aware) are not
+# here: the gateway refuses them (it keeps no router-side prefix index).
 POLICIES: tuple[str, ...] = (
     "block",
     "block-ttft",
+    "block-k",
     "power-of-k",
+    "prefix-affinity",
     "llumnix",
     "least-requests",
     "least-kv",
     "round-robin",
     "random",
 )
+# power-of-K (least loaded of K sampled) and block-kK (Block over K sampled), K from 1 to 999.
+POLICY_PATTERN = r"^(power-of-|block-k)[1-9][0-9]{0,2}$"
+POLICY_HELP = "power-of-K, block-kK"
 ENGINE_KINDS: tuple[str, ...] = ("vllm", "twin")
 TENSOR_PARALLEL_SIZES: tuple[int, ...] = (1, 2, 4, 8)
 MAX_ARGS = 64
 MAX_ARG_LENGTH = 1024
 
-Quantity = int | str  # a Kubernetes resource quantity: 2, "500m", "16Gi"
+# A Kubernetes resource quantity: 2, "500m", "16Gi" (not negative).
+MAX_QUANTITY_LENGTH = 64
+Quantity = Annotated[
+    StrictInt | Annotated[StrictStr, Field(max_length=MAX_QUANTITY_LENGTH)],
+    AfterValidator(quantities.check),
+]
+MAX_RESOURCES = 32  # resource names per requests or limits
+# Names of Kubernetes objects: a DNS subdomain (Secrets), and a Secret's data key.
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+SECRET_KEY = r"^[-._a-zA-Z0-9]+$"
 
 
 class CrdModel(BaseModel):
@@ -51,8 +80,12 @@ class CrdModel(BaseModel):
 class Resources(CrdModel):
     """A container's resource requests and limits, as in a Pod spec."""
 
-    requests: dict[str, Quantity] = Field(default_factory=dict)
-    limits: dict[str, Quantity] = Field(default_factory=dict)
+    requests: Annotated[dict[str, Quantity], Field(max_length=MAX_RESOURCES)] = Field(
+        default_factory=dict
+    )
+    limits: Annotated[dict[str, Quantity], Field(max_length=MAX_RESOURCES)] = Field(
+        default_factory=dict
+    )
 
 
 class EnvVar(CrdModel):
@@ -115,6 +148,14 @@ class PredictorSpec(CrdModel):
     resources: Resources = Field(default_factory=Resources)
 
 
+class ApiKeysSpec(CrdModel):
+    """A Secret of the cluster's namespace holding the inference API keys, one per line, that
+    clients must present (Bearer or x-api-key). Mounted into the gateway and the picker."""
+
+    secret_name: Annotated[str, Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)]
+    key: Annotated[str, Field(min_length=1, max_length=253, pattern=SECRET_KEY)] = "keys"
+
+
 class SchedulerSpec(CrdModel):
     """How requests are routed across the replicas: the standalone gateway and, where the
     cluster has the InferencePool API, the endpoint picker, both with these settings."""
@@ -124,6 +165,19 @@ class SchedulerSpec(CrdModel):
     image: str | None = None
     args: Args = Field(default_factory=list)
     resources: Resources = Field(default_factory=Resources)
+    api_keys: ApiKeysSpec | None = None
+
+
+class NetworkPolicySpec(CrdModel):
+    """NetworkPolicies over the cluster's pods: the sidecars (the engines' only open port)
+    take connections from this cluster's gateway and picker pods and from `ingressFrom`; the
+    gateway's and the picker's ports from anywhere. Disabled, the policies admit everything
+    (the operator deletes nothing, so it opens them rather than removing them)."""
+
+    enabled: bool = True
+    # Untouched NetworkPolicyPeers (podSelector / namespaceSelector / ipBlock) also let in: a
+    # Gateway API implementation's proxies for the InferencePool front door, Prometheus.
+    ingress_from: list[dict[str, Any]] = Field(default_factory=list, max_length=32)
 
 
 class SloSpec(CrdModel):
@@ -155,6 +209,15 @@ class BlockClusterSpec(CrdModel):
     max_replicas: Annotated[int, Field(ge=1, le=1000)] = 8
     slo: SloSpec = Field(default_factory=SloSpec)
     autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec)
+    network_policy: NetworkPolicySpec = Field(default_factory=NetworkPolicySpec)
+
+    @property
+    def own_images(self) -> bool:
+        """Every container of Block's runs an image named in the spec, which may carry
+        profiles of its own: the catalogue check is off."""
+        return self.predictor.image is not None and (
+            self.engine.kind != "twin" or self.engine.image is not None
+        )
 
     @model_validator(mode="after")
     def _check_cross_field_rules(self) -> BlockClusterSpec:
@@ -165,8 +228,22 @@ class BlockClusterSpec(CrdModel):
             raise ValueError("replicas must lie between minReplicas and maxReplicas")
         if self.engine.kind == "vllm" and not self.engine.image:
             raise ValueError("engine.image is required when engine.kind is vllm")
-        if self.scheduler.policy not in POLICIES:
-            raise ValueError(f"scheduler.policy must be one of: {', '.join(POLICIES)}")
+        policy = self.scheduler.policy
+        if policy not in POLICIES and not re.match(POLICY_PATTERN, policy):
+            raise ValueError(
+                f"scheduler.policy must be one of: {', '.join(POLICIES)}, {POLICY_HELP}"
+            )
+        for where, args, reserved in (
+            ("engine.args", self.engine.args, flags.ENGINE),
+            ("predictor.args", self.predictor.args, flags.PREDICTOR),
+            ("scheduler.args", self.scheduler.args, flags.SCHEDULER),
+        ):
+            if bad := flags.refused(args, reserved):
+                raise ValueError(f"{where} must not set flags the operator sets: {', '.join(bad)}")
+        if not self.own_images:
+            problem = catalogue.problem(self.engine.gpu, self.model, self.engine.tensor_parallel)
+            if problem is not None:
+                raise ValueError(problem)
         return self
 
 

@@ -4,11 +4,12 @@
 reports the cluster's real engine pods; heavy load must raise the BlockCluster's replicas
 through the scale subresource, light load must drain one pod (the gateway is told first), keep
 the count while that pod is busy, and only then lower it, the drained pod being the one the
-ReplicaSet removes (pod-deletion-cost).
+ReplicaSet removes (pod-deletion-cost). Every call carries the cluster's admin token.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -31,10 +32,13 @@ BUSY_POLLS_AFTER_DRAIN = 3  # the victim still holds requests for this many poll
 
 
 class StandInGateway:
-    """Serves `GET /v1/autoscaling/load` from the cluster's engine pods, records drains."""
+    """Serves `GET /v1/autoscaling/load` from the cluster's engine pods, records drains; like
+    the real gateway, answers only the cluster's admin token (the Secret the operator made)."""
 
     def __init__(self, api: Api, namespace: str, cluster: str) -> None:
         self.api, self.namespace, self.cluster = api, namespace, cluster
+        self.refused = 0  # calls without the right token
+        self.authorized = 0
         self.heavy = True
         self.lock = threading.Lock()
         self.drains: list[tuple[str, int]] = []  # (pod, spec.replicas when told)
@@ -71,6 +75,19 @@ class StandInGateway:
             self.drains.append((body.replica, self.spec_replicas()))
             self.victim_polls = 0
 
+    def admin_token(self) -> str | None:
+        path = f"/api/v1/namespaces/{self.namespace}/secrets/{self.cluster}-admin"
+        secret = self.api.get(path)
+        return base64.b64decode(secret["data"]["token"]).decode() if secret else None
+
+    def allowed(self, authorization: str | None) -> bool:
+        token = self.admin_token()
+        ok = token is not None and authorization == f"Bearer {token}"
+        with self.lock:
+            self.authorized += ok
+            self.refused += not ok
+        return ok
+
     def serve(self) -> tuple[ThreadingHTTPServer, str]:
         gateway = self
 
@@ -86,11 +103,15 @@ class StandInGateway:
             def do_GET(self) -> None:
                 if self.path != provisioning.LOAD_PATH:
                     return self._reply(404, {"detail": "not found"})
+                if not gateway.allowed(self.headers.get("Authorization")):
+                    return self._reply(401, {"detail": "admin token required"})
                 self._reply(200, gateway.report().model_dump())
 
             def do_POST(self) -> None:
                 if self.path != provisioning.DRAIN_PATH:
                     return self._reply(404, {"detail": "not found"})
+                if not gateway.allowed(self.headers.get("Authorization")):
+                    return self._reply(401, {"detail": "admin token required"})
                 length = int(self.headers.get("Content-Length", "0"))
                 body = DrainRequest.model_validate_json(self.rfile.read(length))
                 gateway.drain(body)
@@ -167,3 +188,5 @@ def test_timer_scales_up_then_drains_before_scaling_down(
     # While the victim held requests the count stayed; the ReplicaSet removed that very pod.
     assert gw.replicas_while_busy and set(gw.replicas_while_busy) == {replicas_at_drain}
     wait_for(f"{victim} to go", lambda: victim not in gw.pods(), 60)
+    # Every call carried the admin token of the cluster's Secret (issue 20, item 1).
+    assert gw.authorized > 0 and gw.refused == 0

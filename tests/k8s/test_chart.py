@@ -176,6 +176,8 @@ def test_helm_install_then_operator_as_the_chart_service_account(
         env = {e["name"]: e["value"] for e in container["env"]}
         operator = start_operator([], kubeconfig=kubeconfig, args=container["args"], env=env)
         example = yaml.safe_load((MANIFESTS / "examples" / "twin.yaml").read_text())
+        # Admit a Gateway's proxies, so that the InferencePool counts as a front door.
+        example["spec"]["networkPolicy"] = {"ingressFrom": [{"namespaceSelector": {}}]}
         api.create(f"/apis/block.dev/v1alpha1/namespaces/{namespace}/blockclusters", example)
         name = example["metadata"]["name"]
         path = f"/apis/block.dev/v1alpha1/namespaces/{namespace}/blockclusters/{name}"
@@ -199,7 +201,12 @@ def test_helm_install_then_operator_as_the_chart_service_account(
         log = operator.log_text()
         assert "Forbidden" not in log, log[-3000:]
 
-        # Least privilege: the operator's identity cannot delete what it manages, nor read secrets.
+        # The admin-token Secret was created under the chart's RBAC (get and create only).
+        secret = api.get(f"/api/v1/namespaces/{namespace}/secrets/{name}-admin")
+        assert secret is not None and secret["data"]["token"]
+
+        # Least privilege: the operator's identity cannot delete what it manages, nor list
+        # secrets (it reads only those it names).
         as_operator = api_for_token(token)
         with pytest.raises(as_operator.Error) as caught:
             as_operator.request(
@@ -261,6 +268,7 @@ def test_chart_renders_the_picker_the_pool_and_the_gateway(control_plane: Contro
         ("Deployment", "block-epp"),
         ("Deployment", "block-gateway"),
         ("InferencePool", "block"),
+        ("NetworkPolicy", "block-engines"),
         ("Role", "block-picker"),
         ("RoleBinding", "block-picker"),
         ("Service", "block-engines"),
@@ -370,3 +378,34 @@ def test_helm_install_routing_for_your_own_engines(
             assert caught.value.code == 403
     finally:
         _helm(control_plane, "uninstall", release, "--namespace", namespace, check=False)
+
+
+def test_chart_guards_your_engines_and_mounts_the_pickers_credentials(
+    control_plane: ControlPlane,
+) -> None:
+    """Issue 20, items 1 and 9 for engine pods the chart does not manage."""
+    credentials = ["--set", "epp.adminToken.secretName=block-admin",
+                   "--set", "epp.apiKeys.secretName=block-keys"]  # fmt: skip
+    docs = _template(control_plane, *ROUTING, *credentials)
+    policy = _named(docs, "NetworkPolicy", "block-engines")["spec"]
+    assert policy["podSelector"] == {"matchLabels": {"app": "my-vllm"}}
+    (rule,) = policy["ingress"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 8000}]
+    for name in ("block-epp", "block-gateway"):
+        deployment = _named(docs, "Deployment", name)
+        labels = deployment["spec"]["selector"]["matchLabels"]
+        assert {"podSelector": {"matchLabels": labels}} in rule["from"]
+        argv = _argv(deployment)
+        assert "--admin-token-file=/var/run/secrets/block/admin/token" in argv
+        assert "--api-keys-file=/var/run/secrets/block/api-keys/keys" in argv
+        pod = deployment["spec"]["template"]["spec"]
+        assert pod["securityContext"]["fsGroup"] == 10001
+        secrets = {v["name"]: v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+        assert secrets == {"admin-token": "block-admin", "api-keys": "block-keys"}
+        (container,) = pod["containers"]
+        assert container["resources"]["limits"]["memory"] == "1Gi"
+    assert len(rule["from"]) == 2
+    opened = _template(control_plane, *ROUTING, "--set", "networkPolicy.enabled=false")
+    assert not [d for d in opened if d["kind"] == "NetworkPolicy"]
+    bare = _template(control_plane, *ROUTING)
+    assert "--admin-token-file" not in " ".join(_argv(_named(bare, "Deployment", "block-epp")))

@@ -76,6 +76,7 @@ def _children(api: Api, namespace: str, name: str) -> dict[str, list[dict[str, A
             "RoleBinding": "rolebindings",
             "Service": "services",
             "Deployment": "deployments",
+            "NetworkPolicy": "networkpolicies",
             "InferencePool": "inferencepools",
         }[kind]
         if kind == "InferencePool" and not api.serves(f"/apis/{api_version}", plural):
@@ -121,6 +122,7 @@ def test_create_makes_owned_children_and_becomes_ready(
         "ServiceAccount": 1,
         "Role": 1,
         "RoleBinding": 1,
+        "NetworkPolicy": 2,
         "Service": 3,
         "Deployment": 2,
     }
@@ -312,7 +314,7 @@ def test_operator_killed_mid_reconcile_leaves_no_duplicates(
     # Usually only some children exist now (the applies take tens of ms); either way the
     # restarted operator must converge on exactly one of each.
     partial = sum(len(objs) for objs in _children(api, namespace, "demo").values())
-    print(f"children when the operator was killed: {partial} of 9")
+    print(f"children when the operator was killed: {partial} of 11")
 
     second = start_operator([namespace])
     wait_for("the cluster to be Ready", _ready_at(api, path, 1), READY_TIMEOUT_S)
@@ -322,6 +324,7 @@ def test_operator_killed_mid_reconcile_leaves_no_duplicates(
         "ServiceAccount": 1,
         "Role": 1,
         "RoleBinding": 1,
+        "NetworkPolicy": 2,
         "Service": 3,
         "Deployment": 2,
     }
@@ -350,7 +353,13 @@ def test_inference_pool_crd_installed_later_adds_the_picker_and_a_valid_pool(
     api: Api, namespace: str, inference_pool_crd: Any, start_operator: Any, wait_for: Any
 ) -> None:
     start_operator([namespace])
-    created = api.create(_clusters(namespace), _body("demo", scheduler={"replicas": 2}))
+    # The Gateway's proxies carry the pool's requests to the sidecars: the NetworkPolicy must
+    # admit them for the InferencePool to count as a front door.
+    proxies = {"namespaceSelector": {"matchLabels": {"gateway": "proxies"}}}
+    created = api.create(
+        _clusters(namespace),
+        _body("demo", scheduler={"replicas": 2}, networkPolicy={"ingressFrom": [proxies]}),
+    )
     path = f"{_clusters(namespace)}/demo"
     wait_for(
         "Ready with the gateway only", _front_doors_at(api, path, ["Gateway"]), READY_TIMEOUT_S

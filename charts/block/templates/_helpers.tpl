@@ -98,8 +98,52 @@ user's epp.args (last, so they win).
 - --namespace={{ .Release.Namespace }}
 - --service={{ include "block.enginesName" . }}
 - --port-name=http
+{{- if .Values.epp.adminToken.secretName }}
+- --admin-token-file=/var/run/secrets/block/admin/token
+{{- end }}
+{{- if .Values.epp.apiKeys.secretName }}
+- --api-keys-file=/var/run/secrets/block/api-keys/keys
+{{- end }}
 {{- range .Values.epp.args }}
 - {{ . | quote }}
+{{- end }}
+{{- end }}
+
+{{/*
+The picker's Secret volumes and mounts (admin token, API keys), read-only, no subPath (updates
+reach the files), readable by the pod's group (fsGroup 10001, mode 0440).
+*/}}
+{{- define "block.pickerVolumes" -}}
+{{- with .Values.epp.adminToken }}{{ if .secretName }}
+- name: admin-token
+  secret:
+    secretName: {{ .secretName }}
+    defaultMode: 0440
+    items:
+      - key: {{ .key }}
+        path: token
+{{- end }}{{ end }}
+{{- with .Values.epp.apiKeys }}{{ if .secretName }}
+- name: api-keys
+  secret:
+    secretName: {{ .secretName }}
+    defaultMode: 0440
+    items:
+      - key: {{ .key }}
+        path: keys
+{{- end }}{{ end }}
+{{- end }}
+
+{{- define "block.pickerVolumeMounts" -}}
+{{- if .Values.epp.adminToken.secretName }}
+- name: admin-token
+  mountPath: /var/run/secrets/block/admin
+  readOnly: true
+{{- end }}
+{{- if .Values.epp.apiKeys.secretName }}
+- name: api-keys
+  mountPath: /var/run/secrets/block/api-keys
+  readOnly: true
 {{- end }}
 {{- end }}
 
@@ -151,6 +195,15 @@ children of a deleted BlockCluster through their owner references.
 - apiGroups: ["apps"]
   resources: ["deployments"]
   verbs: ["get", "list", "watch", "create", "patch"]
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["get", "list", "watch", "create", "patch"]
+# Each BlockCluster's admin-token Secret, created once (never patched: its token stays) and
+# read back by name for the autoscaler's calls to the gateway; the API-key Secret named in a
+# spec is looked up by name. No list or watch: no Secret is read that is not named.
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get", "create"]
 - apiGroups: ["rbac.authorization.k8s.io"]
   resources: ["roles", "rolebindings"]
   verbs: ["get", "list", "watch", "create", "patch"]

@@ -9,7 +9,13 @@ from block.operator.blockcluster import meta, specs
 
 CLUSTER = meta.ClusterRef(name="demo", namespace="ns", uid="u")
 SPEC = specs.BlockClusterSpec.model_validate(
-    {"model": "m", "engine": {"kind": "twin"}, "replicas": 2, "minReplicas": 1, "maxReplicas": 4}
+    {
+        "model": "llama-2-7b",
+        "engine": {"kind": "twin"},
+        "replicas": 2,
+        "minReplicas": 1,
+        "maxReplicas": 4,
+    }
 )
 
 

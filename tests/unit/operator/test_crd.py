@@ -82,7 +82,7 @@ def test_spec_model_and_schema_have_the_same_fields_and_defaults() -> None:
 def test_schema_defaults_give_the_model_defaults() -> None:
     """An object the apiserver defaulted from `{model: x}` parses to the model's defaults."""
     spec = specs.BlockClusterSpec.model_validate(
-        {"model": "m", "engine": {"kind": "twin"}}
+        {"model": "llama-2-7b", "engine": {"kind": "twin"}}
     ).model_dump(by_alias=True, exclude_none=True)
     assert spec["replicas"] == 1 and spec["minReplicas"] == 1 and spec["maxReplicas"] == 8
     assert spec["scheduler"]["policy"] == "block"
@@ -119,7 +119,7 @@ def test_scale_subresource_and_columns_point_at_real_fields() -> None:
     ],
 )
 def test_model_rejects_what_the_cel_rules_reject(patch: dict[str, Any], message: str) -> None:
-    body = {"model": "m", "engine": {"kind": "twin"}, **patch}
+    body = {"model": "llama-2-7b", "engine": {"kind": "twin"}, **patch}
     with pytest.raises(pydantic.ValidationError, match=message):
         specs.BlockClusterSpec.model_validate(body)
 
@@ -127,7 +127,7 @@ def test_model_rejects_what_the_cel_rules_reject(patch: dict[str, Any], message:
 def test_model_rejects_non_positive_slo() -> None:
     with pytest.raises(pydantic.ValidationError, match="greater than 0"):
         specs.BlockClusterSpec.model_validate(
-            {"model": "m", "engine": {"kind": "twin"}, "slo": {"ttftSeconds": 0}}
+            {"model": "llama-2-7b", "engine": {"kind": "twin"}, "slo": {"ttftSeconds": 0}}
         )
 
 

@@ -51,6 +51,8 @@ def test_without_the_inference_pool_api_only_the_standalone_gateway_is_rendered(
         ("ServiceAccount", "demo-scheduler"),
         ("Role", "demo-scheduler"),
         ("RoleBinding", "demo-scheduler"),
+        ("NetworkPolicy", "demo-engine"),
+        ("NetworkPolicy", "demo-scheduler"),
         ("Service", "demo-engine"),
         ("Service", "demo-engine-headless"),
         ("Deployment", "demo-engine"),
@@ -64,6 +66,7 @@ def test_with_the_inference_pool_api_the_picker_and_the_pool_come_last() -> None
     objs = children.render(CLUSTER, _spec(), SETTINGS, inference_pool=True)
     assert objs[: len(without)] == without  # the standalone gateway stays
     assert _names(objs[len(without) :]) == [
+        ("NetworkPolicy", "demo-epp"),
         ("ServiceAccount", "demo-epp"),
         ("Role", "demo-epp"),
         ("RoleBinding", "demo-epp"),
@@ -129,7 +132,7 @@ def test_vllm_engine_asks_for_one_gpu_per_tensor_parallel_rank() -> None:
             "kind": "vllm",
             "image": "vllm/vllm-openai:v0",
             "tensorParallel": 4,
-            "args": ["--max-num-seqs", "128"],
+            "args": ["--max-model-len", "4096"],
             "resources": {"requests": {"cpu": "8"}},
         }
     )
@@ -141,7 +144,7 @@ def test_vllm_engine_asks_for_one_gpu_per_tensor_parallel_rank() -> None:
     assert engine["resources"]["requests"] == {"nvidia.com/gpu": "4", "cpu": "8"}
     args = engine["args"]
     assert args[args.index("--tensor-parallel-size") + 1] == "4"
-    assert args[-2:] == ["--max-num-seqs", "128"]  # user arguments come last, so they win
+    assert args[-2:] == ["--max-model-len", "4096"]  # user arguments come last
     assert "startupProbe" in engine
 
 
@@ -305,7 +308,7 @@ def test_epp_serves_grpc_and_admin_on_every_interface() -> None:
 
 def test_epp_takes_the_gateway_args_it_understands() -> None:
     user = [
-        "--envoy-concurrency", "4", "--max-attempts", "2", "--port=9000",
+        "--envoy-concurrency", "4", "--max-attempts", "2", "--envoy-admin-port=9000",
         "--picker-timeout-ms", "50", "--slo-slack", "1.5", "--no-reject",
     ]  # fmt: skip
     spec = _spec(scheduler={"args": user})

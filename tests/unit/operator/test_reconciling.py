@@ -20,6 +20,7 @@ class MemoryKube:
         self.pool_api = pool_api
         self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
         self.applied: list[tuple[str, str]] = []
+        self.created: list[tuple[str, str]] = []
         self.status_patches: list[dict[str, Any]] = []
         cluster = {
             "apiVersion": specs.API_VERSION,
@@ -36,6 +37,15 @@ class MemoryKube:
         md = obj["metadata"]
         self.objects[(obj["kind"], md["namespace"], md["name"])] = obj
         self.applied.append((obj["kind"], md["name"]))
+        return obj
+
+    async def create(self, obj: dict[str, Any], *, field_manager: str) -> dict[str, Any]:
+        md = obj["metadata"]
+        key = (obj["kind"], md["namespace"], md["name"])
+        if key in self.objects:
+            raise kube.ApiError(409, f"{md['name']} already exists")
+        self.objects[key] = obj
+        self.created.append((obj["kind"], md["name"]))
         return obj
 
     async def get(
@@ -85,7 +95,8 @@ async def test_the_pool_api_appearing_later_adds_the_picker_and_the_pool() -> No
     kube.applied.clear()
     result = await reconciler.reconcile(NAMESPACE, NAME)
     assert result.outcome is reconciling.Outcome.APPLIED
-    assert kube.applied[-6:] == [
+    assert kube.applied[-7:] == [
+        ("NetworkPolicy", "demo-epp"),
         ("ServiceAccount", "demo-epp"),
         ("Role", "demo-epp"),
         ("RoleBinding", "demo-epp"),
@@ -94,15 +105,24 @@ async def test_the_pool_api_appearing_later_adds_the_picker_and_the_pool() -> No
         ("InferencePool", "demo-pool"),
     ]
     assert result.status is not None
-    assert result.status.front_doors == ["Gateway", "InferencePool"]
     assert result.status.inference_pool == "demo-pool"
     assert kube.status_patches[-1]["inferencePool"] == "demo-pool"
+    # The default NetworkPolicy admits no Gateway's proxies to the sidecars: that door is not
+    # open, and Ready says why.
+    assert result.status.front_doors == ["Gateway"]
+    ready = {c.type: c for c in result.status.conditions}["Ready"]
+    assert "spec.networkPolicy.ingressFrom" in ready.message
+    spec = kube.objects[(specs.KIND, NAMESPACE, NAME)]["spec"]
+    spec["networkPolicy"] = {"ingressFrom": [{"namespaceSelector": {}}]}
+    result = await reconciler.reconcile(NAMESPACE, NAME)
+    assert result.status is not None
+    assert result.status.front_doors == ["Gateway", "InferencePool"]
 
 
 class TerminatingNamespaceKube(MemoryKube):
     """Existing objects may be patched; new ones are refused, as in a namespace being deleted."""
 
-    async def apply(self, obj: dict[str, Any], *, field_manager: str) -> dict[str, Any]:
+    def _refuse_new(self, obj: dict[str, Any]) -> None:
         md = obj["metadata"]
         if (obj["kind"], md["namespace"], md["name"]) not in self.objects:
             status = {
@@ -112,7 +132,14 @@ class TerminatingNamespaceKube(MemoryKube):
                 "details": {"causes": [{"reason": "NamespaceTerminating"}]},
             }  # fmt: skip
             raise kube._error(403, json.dumps(status).encode())
+
+    async def apply(self, obj: dict[str, Any], *, field_manager: str) -> dict[str, Any]:
+        self._refuse_new(obj)
         return await super().apply(obj, field_manager=field_manager)
+
+    async def create(self, obj: dict[str, Any], *, field_manager: str) -> dict[str, Any]:
+        self._refuse_new(obj)
+        return await super().create(obj, field_manager=field_manager)
 
 
 async def test_a_namespace_being_deleted_is_gone_not_invalid() -> None:
