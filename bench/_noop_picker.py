@@ -1,12 +1,16 @@
 """A picker that decides nothing, for bench/envoy_epp.py: the floor of a Python ext_proc picker.
 
-    python bench/_noop_picker.py PORT IP:PORT[,IP:PORT...]
+    python bench/_noop_picker.py PORT IP:PORT[,IP:PORT...] [--native]
 
 The same server as `block epp` (grpc.aio on asyncio's own loop, the same server options), the
 same conversation with Envoy (request headers, the buffered body, response headers; the
 stream's end) and an answer of the same shape (`x-gateway-destination-endpoint` as a header
 and in `envoy.lb` metadata, round-robin over the given endpoints), built once at start. What
 `block epp` costs beyond this is its own work (parsing, routing, accounting, metrics).
+
+`--native`: the same on the compiled front (`block_epp_front`, as `epp_native` drives it): each
+message parsed in Python and answered with its answer's bytes, no task per stream, no policy:
+the floor of the native front.
 """
 
 from __future__ import annotations
@@ -68,6 +72,32 @@ class NoopPicker(ext_proc_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                 yield OTHER[kind]
 
 
+async def serve_native(port: int, addresses: list[str]) -> None:
+    import block_epp_front
+
+    front = block_epp_front.Front("127.0.0.1", port, [""], 9 << 20)
+    front.start()
+    front.set_serving(True)
+    bodies = itertools.cycle([destination(a).SerializeToString() for a in addresses])
+    fixed = {
+        "request_headers": HEADERS.SerializeToString(),
+        "response_headers": RESPONSE_HEADERS.SerializeToString(),
+        **{k: v.SerializeToString() for k, v in OTHER.items()},
+    }
+    parse = ext_proc.ProcessingRequest.FromString
+
+    def wake() -> None:
+        for stream_id, data in front.drain():
+            if data is None:
+                front.close_stream(stream_id)
+                continue
+            kind = parse(data).WhichOneof("request")
+            front.reply(stream_id, next(bodies) if kind == "request_body" else fixed[kind])
+
+    asyncio.get_running_loop().add_reader(front.fileno(), wake)
+    await asyncio.Event().wait()
+
+
 async def serve(port: int, addresses: list[str]) -> None:
     server = grpc.aio.server(
         options=[
@@ -83,4 +113,5 @@ async def serve(port: int, addresses: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(serve(int(sys.argv[1]), sys.argv[2].split(",")))
+    run = serve_native if "--native" in sys.argv[3:] else serve
+    asyncio.run(run(int(sys.argv[1]), sys.argv[2].split(",")))

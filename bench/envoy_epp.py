@@ -22,9 +22,13 @@ Needs `nginx` and `wrk` (Debian: `apt-get install -y nginx-light wrk`) and `task
   worker: the proxy floor); Envoy round-robin with no picker (the bootstrap `block gateway`
   renders, less its ext_proc filter: Envoy's own share); Envoy + a no-op Python picker
   (`bench/_noop_picker.py`: `block epp`'s gRPC server and conversation, no decision: the floor
-  of a grpc.aio picker); `block gateway` (Envoy with one worker thread, and the picker in its
+  of a grpc.aio picker), and the same no-op on the compiled front (`--native`: that front's
+  floor); `block gateway` (Envoy with one worker thread, and the picker in its
   Python process) with policies `round-robin`, `block-k2` (fan-out to 2 predictors) and `block`
-  (fan-out to all 8); the Python gateway (`create_app(settings)` served by
+  (fan-out to all 8); the same with the picker on its compiled gRPC front
+  (`bench/_native_gateway.py`: `block.scheduler.epp_native`, tonic on a thread of the picker's
+  process; skipped with a note where `block_epp_front` is not installed) with `round-robin` and
+  `block`; the Python gateway (`create_app(settings)` served by
   `block.scheduler.serving`, as `block scheduler` ran it) with `round-robin` and `block`, while
   it exists (its rows are skipped with a note when it cannot be imported or started). Length
   prior, 5 ms predict deadline, no health probes.
@@ -39,9 +43,9 @@ Needs `nginx` and `wrk` (Debian: `apt-get install -y nginx-light wrk`) and `task
   (p99 interpolated in its bucket, as Prometheus does); and `Router.decide` timed in-process
   (this process, on core 0) against the same predictors.
 * Decisions/s on one core: after the rounds, the picker's process alone on core 0 (Envoy moved
-  to core 1, beside wrk) under `wrk -c256` through Envoy: `block epp` round-robin and `block`,
-  and the no-op picker; errors and Envoy's ext_proc fail-open count (requests Envoy routed
-  without the picker's answer) beside.
+  to core 1, beside wrk) under `wrk -c256` through Envoy: `block epp` round-robin and `block`
+  on each front, and the no-op picker; errors and Envoy's ext_proc fail-open count (requests
+  Envoy routed without the picker's answer) beside.
 """
 
 from __future__ import annotations
@@ -104,6 +108,16 @@ EPP = (
     ("epp-rr", "Envoy + block epp, round-robin", "round-robin"),
     ("epp-block-k2", "Envoy + block epp, block-k2 (fan-out 2)", "block-k2"),
     ("epp-block", "Envoy + block epp, block (fan-out 8)", "block"),
+)
+# `block gateway` with the picker on the compiled gRPC front (bench/_native_gateway.py).
+NATIVE = (
+    ("epp-native-rr", "Envoy + block epp (native front), round-robin", "round-robin"),
+    ("epp-native-block", "Envoy + block epp (native front), block (fan-out 8)", "block"),
+)
+# (front, its round-robin target, its fan-out-8 target, its decisions/s keys)
+FRONTS = (
+    ("grpc.aio", "epp-rr", "epp-block", "round-robin", "block"),
+    ("native front", "epp-native-rr", "epp-native-block", "native-round-robin", "native-block"),
 )
 PYGW = (
     ("py-rr", "Python gateway, round-robin", "round-robin"),
@@ -288,6 +302,14 @@ def start_targets(
     start_envoy(noop, tmp, procs, rep, noop_port)
     targets[noop.name] = noop
 
+    if not native_missing():
+        noop_port = next(take)
+        noop = Target("noop-native", "Envoy + no-op Python picker (native front floor)")
+        cmd = [sys.executable, noop_script, str(noop_port), addresses, "--native"]
+        noop.picker_proc = spawn(cmd, tmp / "noop-native-picker.log", procs, TARGET_CORE)
+        start_envoy(noop, tmp, procs, rep, noop_port)
+        targets[noop.name] = noop
+
     block = str(Path(sys.executable).parent / "block")
     for name, label, policy in EPP:
         port, grpc, padmin, eadmin = next(take), next(take), next(take), next(take)
@@ -298,11 +320,33 @@ def start_targets(
             block, "gateway", "--port", str(port), "--grpc-port", str(grpc),
             "--admin-port", str(padmin), "--envoy-admin-port", str(eadmin),
             "--envoy-concurrency", "1", "--replicas", replica_urls, "--policy", policy,
+            "--picker-front", "grpcio",
             "--length-source", "prior", "--health-interval-s", "0", "--seed", "0",
             "--predict-deadline-ms", "5", "--log-level", "WARNING", "--no-access-log",
         ]  # fmt: skip
         t.proc = spawn(cmd, t.log, procs, TARGET_CORE)
         targets[name] = t
+
+    why_not = native_missing()
+    if why_not:
+        notes.append(f"native front rows skipped: {why_not}")
+    else:
+        native_script = str(Path(__file__).with_name("_native_gateway.py"))
+        for name, label, policy in NATIVE:
+            port, grpc, padmin, eadmin = next(take), next(take), next(take), next(take)
+            t = Target(name, label, f"http://127.0.0.1:{port}", decides=True)
+            t.envoy_admin = f"http://127.0.0.1:{eadmin}"
+            t.log = tmp / f"{name}.log"
+            settings = {
+                "host": "127.0.0.1", "port": port, "grpc_port": grpc, "admin_port": padmin,
+                "envoy_admin_port": eadmin, "envoy_concurrency": 1,
+                "replicas": replica_urls.split(","), "policy": policy, "length_source": "prior",
+                "health_interval_s": 0, "seed": 0, "predict_deadline_s": 0.005,
+                "log_level": "WARNING",
+            }  # fmt: skip
+            cmd = [sys.executable, native_script, json.dumps(settings)]
+            t.proc = spawn(cmd, t.log, procs, TARGET_CORE)
+            targets[name] = t
 
     why_not = python_gateway_missing()
     if why_not:
@@ -369,6 +413,15 @@ def wait_post(url: str, timeout_s: float) -> None:
         if time.monotonic() > end:
             raise RuntimeError(f"{url}/v1/completions did not answer")
         time.sleep(0.1)
+
+
+def native_missing() -> str | None:
+    """Why the native front cannot run here (None: it can)."""
+    from block.scheduler import epp_native
+
+    if epp_native.native_module() is None:
+        return "block_epp_front is not installed (pip install ./epp_front)"
+    return None
 
 
 def python_gateway_missing() -> str | None:
@@ -701,7 +754,10 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(f"- ext_proc messages Envoy sent per streamed request: {shown}")
     d = report["decisions_one_core"]
     names = {"round-robin": "block epp round-robin", "block": "block epp block (fan-out 8)",
-             "noop": "no-op Python picker"}  # fmt: skip
+             "native-round-robin": "block epp (native front) round-robin",
+             "native-block": "block epp (native front) block (fan-out 8)",
+             "noop": "no-op Python picker",
+             "noop-native": "no-op Python picker, native front"}  # fmt: skip
     for key, name in names.items():
         if key in d:
             x = d[key]
@@ -736,10 +792,9 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def goals(report: dict[str, Any]) -> list[dict[str, Any]]:
-    """The issue's targets for Envoy + `block epp`, each met or missed, with its figure."""
+    """The issue's targets for Envoy + `block epp`, each met or missed, with its figure: for
+    the picker on grpc.aio and on the native front (where it ran)."""
     rows = report["targets"]
-    rr, b8 = rows["epp-rr"], rows["epp-block"]
-    dps = report["decisions_one_core"]["round-robin"]
     out = []
 
     def add(what: str, value: float | None, goal: float, unit: str, at_least: bool) -> None:
@@ -750,31 +805,38 @@ def goals(report: dict[str, Any]) -> list[dict[str, Any]]:
         out.append({"what": what, "value": shown, "goal": f"{sign} {goal:{fmt}} {unit}",
                     "met": met})  # fmt: skip
 
-    add("Envoy + epp round-robin, added p50", rr["added_p50_ms"], GOALS["rr_added_p50_ms"],
-        "ms", at_least=False)  # fmt: skip
-    add("Envoy + epp round-robin, added p99", rr["added_p99_ms"], GOALS["rr_added_p99_ms"],
-        "ms", at_least=False)  # fmt: skip
-    add("block fan-out 8, decision p99 (picker's histogram, -c1 runs)", b8["decision_p99_ms"],
-        GOALS["block8_decision_p99_ms"], "ms", at_least=False)  # fmt: skip
-    add("block fan-out 8, added p99", b8["added_p99_ms"], GOALS["block8_added_p99_ms"], "ms",
-        at_least=False)  # fmt: skip
-    clean = dps["errors"] == 0 and dps["envoy_fail_open"] == 0
-    add("decisions/s, picker alone on one core, round-robin" + ("" if clean else " (errors)"),
-        dps["decisions_per_s"] if clean else None, GOALS["decisions_per_s"], "/s",
-        at_least=True)  # fmt: skip
-    # Per token the picker gets no message at all (Envoy sends it the request headers, the
-    # body and the response headers, whatever the stream's length): that is the goal. The CPU
-    # figures say the same within run-to-run noise, and what its per-request cost amortizes to.
-    msgs = rr.get("ext_proc_msgs_per_streamed_request")
-    out.append({
-        "what": "Python CPU per streamed token, Envoy + epp round-robin",
-        "value": f"{msgs:.2f} ext_proc messages per streamed request; picker CPU "
-                 f"{rr['python_cpu_us_per_token_marginal']:+.2f} µs/token over a whole "
-                 f"request's, {rr['python_cpu_us_per_token']:.2f} µs/token amortized over "
-                 f"{report['config']['stream_tokens']} tokens",
-        "goal": "no per-token work (<= 3 messages per request)",
-        "met": msgs is not None and msgs <= 3.05,
-    })  # fmt: skip
+    for front, rr_name, b8_name, rr_key, _ in FRONTS:
+        if rr_name not in rows or b8_name not in rows:
+            continue
+        rr, b8 = rows[rr_name], rows[b8_name]
+        dps = report["decisions_one_core"][rr_key]
+        add(f"[{front}] Envoy + epp round-robin, added p50", rr["added_p50_ms"],
+            GOALS["rr_added_p50_ms"], "ms", at_least=False)  # fmt: skip
+        add(f"[{front}] Envoy + epp round-robin, added p99", rr["added_p99_ms"],
+            GOALS["rr_added_p99_ms"], "ms", at_least=False)  # fmt: skip
+        add(f"[{front}] block fan-out 8, decision p99 (picker's histogram, -c1 runs)",
+            b8["decision_p99_ms"], GOALS["block8_decision_p99_ms"], "ms",
+            at_least=False)  # fmt: skip
+        add(f"[{front}] block fan-out 8, added p99", b8["added_p99_ms"],
+            GOALS["block8_added_p99_ms"], "ms", at_least=False)  # fmt: skip
+        clean = dps["errors"] == 0 and dps["envoy_fail_open"] == 0
+        add(f"[{front}] decisions/s, picker alone on one core, round-robin"
+            + ("" if clean else " (errors)"), dps["decisions_per_s"] if clean else None,
+            GOALS["decisions_per_s"], "/s", at_least=True)  # fmt: skip
+        # Per token the picker gets no message at all (Envoy sends it the request headers, the
+        # body and the response headers, whatever the stream's length): that is the goal. The
+        # CPU figures say the same within run-to-run noise, and what its per-request cost
+        # amortizes to.
+        msgs = rr.get("ext_proc_msgs_per_streamed_request")
+        out.append({
+            "what": f"[{front}] Python CPU per streamed token, Envoy + epp round-robin",
+            "value": f"{msgs:.2f} ext_proc messages per streamed request; picker CPU "
+                     f"{rr['python_cpu_us_per_token_marginal']:+.2f} µs/token over a whole "
+                     f"request's, {rr['python_cpu_us_per_token']:.2f} µs/token amortized over "
+                     f"{report['config']['stream_tokens']} tokens",
+            "goal": "no per-token work (<= 3 messages per request)",
+            "met": msgs is not None and msgs <= 3.05,
+        })  # fmt: skip
     return out
 
 
@@ -803,6 +865,37 @@ def rounded(x: Any) -> Any:
     if isinstance(x, list | tuple):
         return [rounded(v) for v in x]
     return x
+
+
+def front_summary(
+    prefix: str, rr: dict[str, Any], b8: dict[str, Any], rr_dps: dict[str, Any],
+    b8_dps: dict[str, Any], decide: dict[str, Any],
+) -> dict[str, Any]:  # fmt: skip
+    """The headline figures of one ext_proc front (grpc.aio: no prefix; `native_`)."""
+    return {
+        f"{prefix}round_robin": {
+            "added_p50_ms": rr["added_p50_ms"],
+            "added_p90_ms": rr["added_p90_ms"],
+            "added_p99_ms": rr["added_p99_ms"],
+            "decisions_per_s": rr_dps["decisions_per_s"],
+            "decisions_per_s_per_picker_core": rr_dps["decisions_per_s_per_picker_core"],
+            "errors": rr_dps["errors"] + rr["errors"],
+            "stream_added_p50_ms": rr["stream_added_p50_ms"],
+            "stream_added_p99_ms": rr["stream_added_p99_ms"],
+            "python_cpu_us_per_token": rr["python_cpu_us_per_token"],
+            "python_cpu_us_per_token_marginal": rr["python_cpu_us_per_token_marginal"],
+            "ext_proc_msgs_per_streamed_request": rr.get("ext_proc_msgs_per_streamed_request"),
+        },
+        f"{prefix}block_fanout8": {
+            "added_p50_ms": b8["added_p50_ms"],
+            "added_p90_ms": b8["added_p90_ms"],
+            "added_p99_ms": b8["added_p99_ms"],
+            "decision_p99_ms": b8["decision_p99_ms"],
+            "decision_p99_bucket_ms": b8["decision_p99_bucket_ms"],
+            "decision_p99_ms_in_process": decide["block"]["p99_ms"],
+            "decisions_per_s": b8_dps["decisions_per_s"],
+        },
+    }
 
 
 def main() -> int:
@@ -840,8 +933,13 @@ def main() -> int:
         rep, targets, notes = start_targets(args, tmp, procs)
         runs = run_rounds(args, tmp, targets)
         dps = {}
-        for key, name in (("round-robin", "epp-rr"), ("block", "epp-block"), ("noop", "noop-rr")):
-            dps[key] = one_core_decisions(args, tmp, targets[name])
+        for _, rr_name, b8_name, rr_key, b8_key in FRONTS:
+            for key, name in ((rr_key, rr_name), (b8_key, b8_name)):
+                if name in targets:
+                    dps[key] = one_core_decisions(args, tmp, targets[name])
+        dps["noop"] = one_core_decisions(args, tmp, targets["noop-rr"])
+        if "noop-native" in targets:
+            dps["noop-native"] = one_core_decisions(args, tmp, targets["noop-native"])
         profile = py_spy(args, tmp, targets["epp-rr"])
         os.sched_setaffinity(0, {TARGET_CORE})
         import uvloop
@@ -872,33 +970,11 @@ def main() -> int:
     )
     report["config"]["sse_tokens"] = SSE_TOKENS
     report["goals"] = goals(report)
-    rr, b8 = rows["epp-rr"], rows["epp-block"]
-    summary = {
-        "round_robin": {
-            "added_p50_ms": rr["added_p50_ms"],
-            "added_p90_ms": rr["added_p90_ms"],
-            "added_p99_ms": rr["added_p99_ms"],
-            "decisions_per_s": dps["round-robin"]["decisions_per_s"],
-            "decisions_per_s_per_picker_core": dps["round-robin"][
-                "decisions_per_s_per_picker_core"
-            ],
-            "errors": dps["round-robin"]["errors"] + rr["errors"],
-            "stream_added_p50_ms": rr["stream_added_p50_ms"],
-            "stream_added_p99_ms": rr["stream_added_p99_ms"],
-            "python_cpu_us_per_token": rr["python_cpu_us_per_token"],
-            "python_cpu_us_per_token_marginal": rr["python_cpu_us_per_token_marginal"],
-            "ext_proc_msgs_per_streamed_request": rr.get("ext_proc_msgs_per_streamed_request"),
-        },
-        "block_fanout8": {
-            "added_p50_ms": b8["added_p50_ms"],
-            "added_p90_ms": b8["added_p90_ms"],
-            "added_p99_ms": b8["added_p99_ms"],
-            "decision_p99_ms": b8["decision_p99_ms"],
-            "decision_p99_bucket_ms": b8["decision_p99_bucket_ms"],
-            "decision_p99_ms_in_process": decide["block"]["p99_ms"],
-            "decisions_per_s": dps["block"]["decisions_per_s"],
-        },
-    }
+    summary: dict[str, Any] = {}
+    for prefix, (_, rr_name, b8_name, rr_key, b8_key) in zip(("", "native_"), FRONTS, strict=True):
+        if rr_name in rows and b8_name in rows:
+            summary.update(front_summary(prefix, rows[rr_name], rows[b8_name],
+                                         dps[rr_key], dps[b8_key], decide))  # fmt: skip
     report = {**summary, **report}
     table = markdown(report)
     print(table)

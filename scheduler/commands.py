@@ -10,8 +10,9 @@ from typing import Any
 
 # Flag name -> settings field, for flags that map one to one (unset flags keep the env/default).
 _FIELDS = (
-    "host", "port", "grpc_port", "admin_port", "envoy_admin_port", "envoy_concurrency",
-    "replicas_dns", "policy", "k", "fallback_policy", "seed", "discover", "namespace",
+    "host", "port", "grpc_port", "admin_port", "picker_front", "envoy_admin_port",
+    "envoy_concurrency", "replicas_dns", "policy", "k", "fallback_policy", "seed", "discover",
+    "namespace",
     "service", "port_name", "scheme", "predict_deadline_s", "predict_timeout_s",
     "load_figures", "length_source", "prior_output_tokens", "chars_per_token", "slo_ttft_s",
     "slo_e2e_s", "slo_slack", "max_waiting_per_replica", "max_attempts", "connect_timeout_s",
@@ -70,6 +71,11 @@ def register(subparsers: Any) -> None:
 def _picker_ports(p: argparse.ArgumentParser, where: str) -> None:
     p.add_argument("--grpc-port", type=int, help=f"picker's ext_proc gRPC port on {where} (9002)")
     p.add_argument("--admin-port", type=int, help=f"picker's HTTP admin port on {where} (9090)")
+    p.add_argument(
+        "--picker-front",
+        choices=["auto", "native", "grpcio"],
+        help="what serves the picker's gRPC: compiled front or grpc.aio (auto: compiled if built)",
+    )
 
 
 def _routing_flags(p: argparse.ArgumentParser) -> None:

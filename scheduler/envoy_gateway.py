@@ -27,9 +27,9 @@ import yarl
 from aiohttp import web
 
 from block.errors import ConfigError
-from block.scheduler import envoy_config, epp_serving
+from block.scheduler import envoy_config, epp_native, epp_serving
 from block.scheduler.epp import address_of
-from block.scheduler.epp_serving import PickerServer
+from block.scheduler.epp_native import Picker
 from block.scheduler.service import SETTINGS
 from block.scheduler.settings import SchedulerSettings
 
@@ -204,7 +204,7 @@ _LEVELS = {
 class StandaloneGateway:
     """Envoy and the picker, started: where clients go, and `close()`."""
 
-    picker: PickerServer
+    picker: Picker
     envoy: EnvoyProcess
     host: str
 
@@ -225,7 +225,7 @@ class StandaloneGateway:
 
 
 def layout_for(
-    settings: SchedulerSettings, picker: PickerServer, replicas: list[str]
+    settings: SchedulerSettings, picker: Picker, replicas: list[str]
 ) -> envoy_config.EnvoyLayout:
     return envoy_config.EnvoyLayout(
         listen_host=settings.host,
@@ -257,7 +257,9 @@ async def start(
     """The picker for `app` (built by `create_app`) on loopback, then Envoy."""
     settings = app[SETTINGS]
     replicas = replica_addresses(settings)
-    picker = await epp_serving.start(app, "127.0.0.1", settings.grpc_port, settings.admin_port)
+    picker = await epp_native.start_picker(
+        app, "127.0.0.1", settings.grpc_port, settings.admin_port, settings.picker_front
+    )
     try:
         bootstrap = envoy_config.render(
             layout_for(settings, picker, replicas), policy_for(settings, access_log)

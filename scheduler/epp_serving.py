@@ -94,11 +94,33 @@ async def start(
     return PickerServer(runner, server, health, host, grpc_bound, admin_bound)
 
 
+async def start_admin(
+    app: web.Application, host: str = "127.0.0.1", admin_port: int = 0
+) -> tuple[web.AppRunner, int]:
+    """The admin app alone on HOST:ADMIN_PORT, its start-up run (discovery, predictor
+    client, router): its runner and the port bound. For a picker served by another front
+    (`epp_native`)."""
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+    await runner.setup()
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.create_server((host, admin_port), family=family, backlog=128)
+        bound: int = sock.getsockname()[1]
+        await web.SockSite(runner, sock).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner, bound
+
+
 def run(app: web.Application, host: str, grpc_port: int, admin_port: int) -> int:
     """Serve until SIGINT or SIGTERM (`block epp`)."""
 
     async def main() -> None:
-        picker = await start(app, host, grpc_port, admin_port)
+        from block.scheduler import epp_native  # it builds on this module
+
+        front = app[SETTINGS].picker_front
+        picker = await epp_native.start_picker(app, host, grpc_port, admin_port, front)
         logger.info(
             "endpoint picker up: ext_proc gRPC on %s, admin on %s",
             picker.grpc_target,

@@ -33,6 +33,10 @@ class SchedulerSettings(BaseSettings):
     # /v1/replicas, the autoscaling API, /healthz). 0: any free port.
     grpc_port: Annotated[int, Field(ge=0, le=65535)] = 9002
     admin_port: Annotated[int, Field(ge=0, le=65535)] = 9090
+    # What serves the picker's gRPC: the compiled front (`block_epp_front`, epp_front/: ~4x
+    # the decisions per core of grpc.aio and ~0.5 ms less added latency, bench/envoy_epp.py),
+    # or grpc.aio; "auto": the compiled one when it is installed.
+    picker_front: Literal["auto", "native", "grpcio"] = "auto"
     # `block gateway` only: Envoy's own admin interface (stats, config dump), on loopback; its
     # worker threads (0: one per core); how long Envoy waits for the picker's answer to one
     # message before it routes without it (round-robin over the replicas, counted in Envoy's

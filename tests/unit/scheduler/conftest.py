@@ -222,6 +222,9 @@ async def gateway() -> AsyncIterator[StartGateway]:
             "admin_port": 0,
             "envoy_admin_port": 0,
             "envoy_concurrency": 1,
+            # These tests keep the grpc.aio front covered; the integration tests run the
+            # compiled one when it is built ("auto").
+            "picker_front": "grpcio",
             # Envoy routes round-robin without the picker past this: generous on a busy box.
             "picker_timeout_s": 5.0,
         }
