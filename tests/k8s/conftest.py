@@ -22,6 +22,7 @@ import datetime
 import ipaddress
 import json
 import os
+import random
 import re
 import secrets
 import signal
@@ -88,9 +89,27 @@ class ControlPlane:
 
 
 def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free port below the kernel's ephemeral range. A port the kernel hands out for port 0
+    is an ephemeral one: between choosing it and the component binding it, an outgoing
+    connection of another component may take it as its local port (seen: kwok failing with
+    "address already in use" after etcd, the apiserver and the controllers had connected)."""
+    low = _ephemeral_low()
+    for _ in range(200):
+        port = random.randrange(max(1024, low - 12000), low)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def _pem_cert(cert: x509.Certificate) -> bytes:
