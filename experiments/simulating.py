@@ -152,6 +152,9 @@ def run(
             remaining = RemainingLength([r.output_tokens for r in reqs])
         beliefs = _Beliefs(spec, wl, remaining, spec.replicas)
     routed = [0] * len(engines)
+    # The router-side memory the other routers' rules read (their approximate prefix index and
+    # ledger), kept as the offline cluster model keeps it; None for Block's and load policies.
+    memory = cluster.router_memory(policy, engines)
     preds: dict[int, Prediction] = {}
     cursors = [0] * len(engines)
     started_late = 0
@@ -164,17 +167,24 @@ def run(
         cand = policy.candidates(len(engines), rng)
         guess = wl.guess(req) if lengths == "estimated" else req.output_tokens
         route = policies.RouteRequest(req.prompt_tokens, guess)
+        remembered = None
+        if memory is not None:
+            memory.catch_up()
+            remembered = memory.figures(cand, req, now)
         views = []
-        for idx in cand:
+        for j, idx in enumerate(cand):
             p = None
             if policy.needs_prediction:
                 model = (
                     engines[idx] if beliefs is None else beliefs.reconcile(idx, engines[idx], now)
                 )
                 p = predict_one_more(model, req.prompt_tokens, guess, now)
-            views.append(cluster.view_of(engines[idx], idx, p))
+            mine = None if remembered is None else remembered[j]
+            views.append(cluster.view_of(engines[idx], idx, p, routed=mine))
         choice = policy.choose(route, views, rng)
         engines[choice].submit(req, now)
+        if memory is not None:
+            memory.dispatched(choice, req, now)
         if beliefs is not None:
             beliefs.submit(choice, req, now)
         if keep_predictions:

@@ -103,3 +103,20 @@ def test_remaining_length_is_the_conditional_mean_overshoot(
     rem = simulating.RemainingLength([10, 20, 50, 100, 400, 1000])
     # E[L - g | L > g]; past the longest observation, as many again as generated.
     assert rem(generated) == round(expected)
+
+
+@pytest.mark.parametrize(
+    "policy", ["llm-d-scorers", "llm-d-default", "dynamo-kv", "aibrix-prefix", "sglang-cache-aware"]
+)
+def test_experiments_route_the_baselines_as_the_cluster_model_does(policy: str) -> None:
+    """The experiments' routing loop keeps the same router memory as `simulate_cluster`, so a
+    baseline routes identically in both (its ledger and prefix index are not left empty)."""
+    from block.simulator.cluster import simulate_cluster
+    from block.simulator.policies import make_policy
+
+    spec = ClusterSpec(replicas=3)
+    pool = workload.load_pool(spec.max_model_len, "prompt-median")
+    wl = workload.poisson(pool, 120, 20.0, seed=5)
+    res = simulating.run(spec, policy, wl, seed=5)
+    alone = simulate_cluster(spec.replicas_(3), make_policy(policy), wl.requests, seed=5)
+    assert res.routed == alone.routed and sum(res.routed) == 120
