@@ -230,12 +230,21 @@ def layout_for(
     return envoy_config.EnvoyLayout(
         listen_host=settings.host,
         listen_port=settings.port,
-        admin_port=settings.envoy_admin_port,
+        # The listener's /stats/prometheus route points at the admin port, so a port Envoy
+        # would pick itself (0) is chosen here instead.
+        admin_port=settings.envoy_admin_port or _free_port(),
         picker_host=picker.host,
         picker_grpc_port=picker.grpc_port,
         picker_admin_port=picker.admin_port,
         replicas=replicas,
     )
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
 
 
 def policy_for(settings: SchedulerSettings, access_log: bool) -> envoy_config.EnvoyPolicy:

@@ -28,6 +28,10 @@ from block.scheduler.epp_protocol import (
 MODEL = "meta-llama/Llama-2-7b-hf"
 SHORT = {"model": MODEL, "prompt": "Say hello.", "max_tokens": 4, "ignore_eos": True}
 SERVED = "x-gateway-destination-endpoint-served"
+# Envoy's counter of requests routed without the picker, as Prometheus reads it.
+FAIL_OPEN_SERIES = (
+    'envoy_http_ext_proc_failure_mode_allowed{envoy_http_conn_manager_prefix="block"}'
+)
 
 
 def headers_message(path: str = "/v1/completions", **extra: str) -> pb.ProcessingRequest:
@@ -201,6 +205,11 @@ async def test_picker_down_fails_open_to_round_robin(cluster: Any, gateway: Any)
     assert set(served) == {r.name for r in replicas}  # Envoy's round-robin fallback
     stats = await gw.envoy.stats()
     assert stats["http.block.ext_proc.failure_mode_allowed"] >= 6
+    # The same count for Prometheus, on the gateway's own port.
+    async with aiohttp.ClientSession() as s, s.get(gw.make_url("/stats/prometheus")) as r:
+        text = await r.text()
+    line = next(ln for ln in text.splitlines() if ln.startswith(FAIL_OPEN_SERIES))
+    assert float(line.rsplit(" ", 1)[1]) >= 6
 
 
 async def test_retries_before_the_first_byte_go_down_the_pickers_list(
