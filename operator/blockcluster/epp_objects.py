@@ -91,24 +91,9 @@ def deployment(
         "readinessProbe": meta.grpc_probe(meta.EPP_GRPC_PORT, READINESS_SERVICE, 5, 3),
         "livenessProbe": meta.grpc_probe(meta.EPP_GRPC_PORT, LIVENESS_SERVICE, 10, 6),
         "securityContext": meta.restricted_security_context(meta.BLOCK_UID),
-        "volumeMounts": [
-            config_objects.volume_mount(),
-            {"name": "tmp", "mountPath": "/tmp"},
-            *secret_objects.volume_mounts(spec),
-        ],
+        "volumeMounts": rbac_objects.volume_mounts(spec),
     }
-    pod_spec = {
-        "serviceAccountName": meta.child_name(cluster, COMPONENT),
-        "enableServiceLinks": False,
-        "terminationGracePeriodSeconds": TERMINATION_GRACE_S,
-        "securityContext": secret_objects.pod_security_context(),
-        "containers": [container],
-        "volumes": [
-            config_objects.pod_volume(cluster),
-            {"name": "tmp", "emptyDir": {}},
-            *secret_objects.volumes(cluster, spec),
-        ],
-    }
+    pod_spec = rbac_objects.pod_spec(cluster, spec, COMPONENT, container, TERMINATION_GRACE_S)
     return meta.deployment(cluster, COMPONENT, spec.scheduler.replicas, config_hash, pod_spec)
 
 

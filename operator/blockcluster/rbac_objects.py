@@ -1,4 +1,5 @@
-"""The identity of a routing component: ServiceAccount, Role and RoleBinding (pure).
+"""The identity of a routing component: ServiceAccount, Role and RoleBinding, and the pod it
+runs in (pure).
 
 The standalone gateway and the endpoint picker both find the engine replicas by watching the
 EndpointSlices of the engine Service, so each gets its own ServiceAccount whose Role may read
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from block.operator.blockcluster import meta
+from block.operator.blockcluster import config_objects, meta, secret_objects, specs
 
 ENDPOINTSLICE_READER_RULES: list[dict[str, Any]] = [
     {
@@ -57,3 +58,35 @@ def objects(cluster: meta.ClusterRef, component: str) -> list[dict[str, Any]]:
         role(cluster, component),
         role_binding(cluster, component),
     ]
+
+
+def volume_mounts(spec: specs.BlockClusterSpec) -> list[dict[str, Any]]:
+    """What a routing container mounts: the cluster config, a writable /tmp, its Secrets."""
+    return [
+        config_objects.volume_mount(),
+        {"name": "tmp", "mountPath": "/tmp"},
+        *secret_objects.volume_mounts(spec),
+    ]
+
+
+def pod_spec(
+    cluster: meta.ClusterRef,
+    spec: specs.BlockClusterSpec,
+    component: str,
+    container: dict[str, Any],
+    grace_s: int,
+) -> dict[str, Any]:
+    """The pod of a routing component: its own account, its one container, the volumes
+    `volume_mounts` names."""
+    return {
+        "serviceAccountName": meta.child_name(cluster, component),
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": grace_s,
+        "securityContext": secret_objects.pod_security_context(),
+        "containers": [container],
+        "volumes": [
+            config_objects.pod_volume(cluster),
+            {"name": "tmp", "emptyDir": {}},
+            *secret_objects.volumes(cluster, spec),
+        ],
+    }
