@@ -28,8 +28,8 @@ from aiohttp import web
 
 from block.errors import ConfigError
 from block.scheduler import envoy_config, epp_native, epp_serving
-from block.scheduler.epp import address_of
 from block.scheduler.epp_native import Picker
+from block.scheduler.replicas import address_of
 from block.scheduler.service import SETTINGS
 from block.scheduler.settings import SchedulerSettings
 

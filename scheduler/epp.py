@@ -30,7 +30,7 @@ import logging
 import os
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
+from typing import Any
 
 import grpc
 from aiohttp import web
@@ -106,16 +106,6 @@ _CONTINUE_REQUEST_TRAILERS = ext_proc.ProcessingResponse(
 _CONTINUE_RESPONSE_TRAILERS = ext_proc.ProcessingResponse(
     response_trailers=ext_proc.TrailersResponse()
 )
-
-
-def address_of(url: str) -> str:
-    """A replica URL's `ip:port`, the form endpoints take in the protocol."""
-    parts = urlsplit(url)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    host = parts.hostname or ""
-    if ":" in host:  # IPv6
-        host = f"[{host}]"
-    return f"{host}:{port}"
 
 
 @dataclass(slots=True)  # not frozen: per-request record, updated phase by phase
@@ -229,12 +219,12 @@ class EndpointPicker(ext_proc_grpc.ExternalProcessorServicer):  # type: ignore[m
                     f"the request body is {len(raw)} bytes; the limit is "
                     f"{gw.settings.max_body_bytes}"
                 )
+            try:  # one pass of pydantic-core over the bytes, as a rule
+                body: parsing.OpenAIRequest | dict[str, Any] = parsing.validate(ex.endpoint, raw)
+            except InvalidRequest:  # worded by the two-step path: not JSON, not an object...
+                body = parsing.parse_json(raw)
             inbound = parsing.parse(
-                ex.endpoint,
-                parsing.parse_json(raw),
-                ex.headers,
-                gw.settings.chars_per_token,
-                gw.default_slo,
+                ex.endpoint, body, ex.headers, gw.settings.chars_per_token, gw.default_slo
             )
             ex.stream = inbound.stream
             self._autoscaling.arrived()
@@ -247,10 +237,8 @@ class EndpointPicker(ext_proc_grpc.ExternalProcessorServicer):  # type: ignore[m
             )
             exclude = self._outside_subset(gw, message)
             decision = await gw.router.decide(route, exclude, inbound.block_hashes)
-        except BlockError as e:
-            return self._refuse(gw, ex, e)
-        except Exception as e:  # a bug must not stall Envoy's request: answer it
-            return self._refuse(gw, ex, e)
+        except Exception as e:  # a BlockError is the client's answer; a bug must not stall
+            return self._refuse(gw, ex, e)  # Envoy's request either: a 500 problem document
         ex.tickets.append(decision.ticket)
         ex.chosen = decision.replica
         extra = {
@@ -272,7 +260,7 @@ class EndpointPicker(ext_proc_grpc.ExternalProcessorServicer):  # type: ignore[m
         served = headers.get(SERVED)
         chosen = ex.chosen
         now = asyncio.get_running_loop().time()
-        if chosen is not None and served and served != address_of(chosen.url):
+        if chosen is not None and served and served != chosen.address:
             # Envoy retried down the list: the first choice failed before its first byte.
             self._fail(gw, chosen, "retried")
             gw.metrics.retries.inc()
@@ -322,19 +310,19 @@ class EndpointPicker(ext_proc_grpc.ExternalProcessorServicer):  # type: ignore[m
         ordered = sorted(live, key=lambda r: len(r.active))
         ex.tickets.append(gw.replicas.dispatch(ordered[0], now))
         ex.chosen = ordered[0]
-        picks = [address_of(r.url) for r in ordered[: gw.settings.max_attempts]]
+        picks = [r.address for r in ordered[: gw.settings.max_attempts]]
         return _destination(phase, picks, {}, self._strip)
 
     def _endpoints(self, gw: Gateway, decision: Decision, exclude: set[str]) -> list[str]:
         """The choice, then up to `max_attempts - 1` fallbacks: the other routable replicas
         with least in flight (Envoy tries them in order when the choice fails before its
         first byte)."""
-        picks = [address_of(decision.replica.url)]
+        picks = [decision.replica.address]
         if gw.settings.max_attempts > 1:
             now = asyncio.get_running_loop().time()
             others = gw.replicas.routable(now, exclude | {decision.replica.url})
             others.sort(key=lambda r: len(r.active))
-            picks += [address_of(r.url) for r in others[: gw.settings.max_attempts - 1]]
+            picks += [r.address for r in others[: gw.settings.max_attempts - 1]]
         return picks
 
     def _outside_subset(self, gw: Gateway, message: ext_proc.ProcessingRequest) -> set[str]:
@@ -342,10 +330,10 @@ class EndpointPicker(ext_proc_grpc.ExternalProcessorServicer):  # type: ignore[m
         subset = subset_hint(message)
         if subset is None:
             return set()
-        return {r.url for r in gw.replicas.all() if address_of(r.url) not in subset}
+        return {r.url for r in gw.replicas.all() if r.address not in subset}
 
     def _by_address(self, gw: Gateway, address: str) -> Replica | None:
-        return next((r for r in gw.replicas.all() if address_of(r.url) == address), None)
+        return next((r for r in gw.replicas.all() if r.address == address), None)
 
     def _fail(self, gw: Gateway, replica: Replica, reason: str) -> None:
         gw.metrics.child(gw.metrics.upstream_errors, replica.name, reason).inc()

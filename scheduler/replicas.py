@@ -25,6 +25,16 @@ from block.wire.predict import LoadFigures
 NEVER = -math.inf
 
 
+def address_of(url: str) -> str:
+    """A replica URL's `ip:port`, the form endpoints take in the protocol."""
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    host = parts.hostname or ""
+    if ":" in host:  # IPv6
+        host = f"[{host}]"
+    return f"{host}:{port}"
+
+
 def redact(url: str) -> str:
     """`url` without the user and password it may carry (for views and logs)."""
     parts = urlsplit(url)
@@ -68,6 +78,7 @@ class Replica:
     def __init__(self, endpoint: Endpoint) -> None:
         self.name = endpoint.name
         self.url = endpoint.url.rstrip("/")
+        self.address = address_of(self.url)  # ip:port, as the endpoint-picker protocol names it
         self.ready = endpoint.ready  # from discovery
         self.probe_ok = True  # from the active /readyz probe; optimistic until it says no
         self.failures = 0  # proxy failures in a row

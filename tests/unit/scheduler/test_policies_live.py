@@ -175,9 +175,10 @@ async def test_block_k_samples_k_predictors(sidecars: Any, gateway: Any) -> None
 async def test_burst_does_not_herd(sidecars: Any, gateway: Any) -> None:
     # Identical predictions everywhere: without in-flight accounting, every request of a
     # burst would pick the same replica (the tie-break).
-    fakes = await sidecars(4, generate_delay_s=0.3)
-    # The fakes' figures never show a request, so every dispatch stays unseen; a busy test box
-    # may space the burst's decisions wider than the default 20 ms.
+    # Requests outlast the burst (a finished one frees its replica: on a busy box the burst's
+    # decisions can spread over more than 0.3 s). The fakes' figures never show a request, so
+    # every dispatch stays unseen; the decisions may be spaced wider than the default 20 ms.
+    fakes = await sidecars(4, generate_delay_s=2.0)
     gw = await gateway(fakes, policy="block", visibility_s=1.0)
     resps = await asyncio.gather(*(post(gw) for _ in range(8)))
     counts = collections.Counter(r.headers["x-gateway-destination-endpoint-served"] for r in resps)
